@@ -1,0 +1,174 @@
+// gradcam/grad_cam.hpp: Grad-CAM (Selvaraju et al., ICCV 2017) on any TorchScript model.
+//
+// GradCAM takes a loaded torch::jit::Module (scripted, traced or frozen) and the module paths of
+// one or more layers. compute() runs ONE forward pass through a private, rewritten copy of the
+// model's forward graph that records each target layer's activations A, then takes the gradient
+// of the score y_c with respect to A only (a partial backward: nothing before the layer is
+// recorded, no parameter gradient is computed) and returns ReLU(sum_k alpha_k A_k) with
+// alpha_k = mean over space of dy_c/dA_k. The user's module is never modified.
+//
+// The same call gives, on request, Guided Grad-CAM / Deconvnet Grad-CAM (GradCAMOptions::guided)
+// and counterfactual maps (GradCAMOptions::counterfactual). See docs/architecture.md.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+#include <c10/core/Device.h>
+
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include <gradcam/arg.hpp>
+
+namespace c10 {
+struct IValue;
+}
+namespace torch::jit {
+struct Module;
+}
+
+namespace gradcam {
+
+/// How ReLUs (aten::relu, relu_, ReLU6 = hardtanh(0, 6)) back-propagate for guided gradients.
+/// Other activations (GELU, SiLU, Hardswish, LeakyReLU...) keep their ordinary backward; the
+/// result lists which ones the model has (GradCAMResult::untouched_activations).
+enum class GuidedMode {
+  none,       ///< no guided gradients
+  guided,     ///< Springenberg et al.: grad.clamp_min(0) * (input > 0)
+  deconvnet,  ///< Zeiler & Fergus: grad.clamp_min(0)
+};
+
+/// What to explain: the differentiable score(s) y whose gradient is taken.
+class Target {
+ public:
+  /// Receives the model's output (tensor, tuple, dict...) and returns one score per sample, [N].
+  using ScoreFn = std::function<at::Tensor(const c10::IValue& output)>;
+  enum class Kind { top_k, classes, score };
+
+  /// The top-1 predicted class of each sample (the default).
+  static Target top1() { return topk(1); }
+  /// The k highest-scoring classes of each sample: k maps per layer, from one forward pass.
+  static Target topk(int64_t k);
+  /// One class per sample ([N] indices), or one class for every sample (a single index).
+  static Target classes(std::vector<int64_t> indices);
+  /// Any differentiable function of the output; gradcam does not apply softmax to it.
+  static Target score(ScoreFn fn);
+
+  Kind kind() const noexcept { return kind_; }
+  int64_t k() const noexcept { return k_; }
+  const std::vector<int64_t>& indices() const noexcept { return indices_; }
+  const ScoreFn& fn() const noexcept { return fn_; }
+
+ private:
+  Kind kind_ = Kind::top_k;
+  int64_t k_ = 1;
+  std::vector<int64_t> indices_;
+  ScoreFn fn_;
+};
+
+/// Options of GradCAM. The layers are module paths as Python's named_modules() prints them
+/// ("layer4", "features.29", "layer4.1.conv2"), "auto" (the last spatial activation before global
+/// pooling), or for a frozen model a graph value name listed by `gradcam layers` ("%input.5").
+class GradCAMOptions {
+ public:
+  GradCAMOptions(std::string layer) : layers_{std::move(layer)} {}  // NOLINT: implicit on purpose
+  GradCAMOptions(const char* layer) : layers_{std::string(layer)} {}  // NOLINT
+  GradCAMOptions(std::vector<std::string> layers) : layers_(std::move(layers)) {}  // NOLINT
+
+  /// The target layers; the maps come in this order. Required.
+  GRADCAM_ARG(std::vector<std::string>, layers);
+  /// The device to run on. Unset (default): wherever the module's parameters are. If the module is
+  /// elsewhere, GradCAM works on a private copy moved there; move the module yourself
+  /// (module.to(device)) before constructing to avoid that copy. Inputs are moved to this device.
+  GRADCAM_ARG(std::optional<c10::Device>, device) = std::nullopt;
+  /// Counterfactual explanation (paper, section 5.3): weights from the negated gradients, showing
+  /// the regions whose removal would make the network more confident of the class. Default false.
+  GRADCAM_ARG(bool, counterfactual) = false;
+  /// Also compute guided (or deconvnet) gradients with respect to the input and the Guided
+  /// Grad-CAM maps, from the same forward pass. Default GuidedMode::none.
+  GRADCAM_ARG(GuidedMode, guided) = GuidedMode::none;
+  /// Keep the signed map before ReLU in LayerMap::map_signed. Default false.
+  GRADCAM_ARG(bool, keep_signed) = false;
+  /// Keep the channel weights alpha [N,K] in LayerMap::weights. Default false.
+  GRADCAM_ARG(bool, keep_weights) = false;
+  /// Keep the activations A [N,K,h,w] in LayerMap::activations. Default false.
+  GRADCAM_ARG(bool, keep_activations) = false;
+  /// Keep the gradients dy/dA [N,K,h,w] in LayerMap::gradients. Default false.
+  GRADCAM_ARG(bool, keep_gradients) = false;
+  /// Input shape used to resolve "auto" at construction; -1 entries are filled from the model
+  /// (channels) or with 224. Default {1, -1, 224, 224}.
+  GRADCAM_ARG(std::vector<int64_t>, probe_shape) = std::vector<int64_t>{1, -1, 224, 224};
+};
+
+/// One map: one layer, one call of that layer, one target rank.
+struct LayerMap {
+  std::string layer;  ///< module path (as resolved; "auto" is replaced by the chosen name)
+  int64_t call = 0;   ///< which call of the layer in the forward pass (reused blocks: 0, 1, ...)
+  int64_t rank = 0;   ///< which target: 0 for the top-1 / first explicit target, k-1 for top-k
+  at::Tensor map;             ///< [N,1,h,w] float, ReLU(sum_k alpha_k A_k), not normalised
+  at::Tensor map_signed;      ///< [N,1,h,w] before ReLU (keep_signed)
+  at::Tensor weights;         ///< [N,K] alpha (keep_weights); negated when counterfactual
+  at::Tensor activations;     ///< [N,K,h,w] A (keep_activations)
+  at::Tensor gradients;       ///< [N,K,h,w] dy/dA (keep_gradients)
+  at::Tensor guided_gradcam;  ///< [N,C,H,W] guided gradients * upsampled map (guided != none)
+};
+
+/// Everything one compute() call produced.
+struct GradCAMResult {
+  /// For each rank, for each layer (options order), for each call of it: one LayerMap.
+  std::vector<LayerMap> maps;
+  /// [N,R] int64 class explained per sample and rank (-1 for Target::score).
+  at::Tensor classes;
+  /// [N,R] the explained score per sample and rank (pre-softmax logits for class targets).
+  at::Tensor scores;
+  /// The tensor class targets were read from ([N,classes]; undefined for Target::score).
+  at::Tensor logits;
+  /// The model's full output (tensor, tuple, dict...).
+  std::shared_ptr<const c10::IValue> output;
+  /// Per rank, the guided (or deconvnet) gradient w.r.t. the input [N,C,H,W] (guided != none).
+  std::vector<at::Tensor> guided;
+  /// Activation kinds found in the model that guided backprop left with their usual backward.
+  std::vector<std::string> untouched_activations;
+
+  /// The map of `layer` for target rank `rank` and call `call`; throws gradcam::Error if absent.
+  const LayerMap& get(const std::string& layer, int64_t rank = 0, int64_t call = 0) const;
+};
+
+/// Grad-CAM explainer bound to one module. Thread safety: compute() is const and may be called
+/// from several threads at once on one GradCAM object; several GradCAM objects may share one
+/// module. The module must not be modified (e.g. by module.to()) while a GradCAM uses it.
+class GradCAM {
+ public:
+  /// Throws gradcam::Error for an unknown layer (with the closest names), a layer that forward
+  /// never calls, or a module whose forward does not take exactly one input.
+  GradCAM(const torch::jit::Module& module, GradCAMOptions options);
+  ~GradCAM();
+  GradCAM(GradCAM&&) noexcept;
+  GradCAM& operator=(GradCAM&&) noexcept;
+  GradCAM(const GradCAM&) = delete;
+  GradCAM& operator=(const GradCAM&) = delete;
+
+  /// Explains a batch. input: [N,C,H,W] floating point, finite. Returns the maps on the device
+  /// the computation ran on. Throws gradcam::Error for a bad shape, a class out of range, a
+  /// non-finite input, or a target that does not depend on a layer.
+  GradCAMResult compute(const at::Tensor& input, const Target& target = Target::top1()) const;
+
+  /// The resolved layer names ("auto" replaced by the chosen layer).
+  const std::vector<std::string>& layers() const;
+  const GradCAMOptions& options() const;
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+/// Upsamples maps [N,1,h,w] (or [h,w]) bilinearly (align_corners=false) to `size` = {H, W}.
+at::Tensor upsample(const at::Tensor& map, std::vector<int64_t> size);
+
+/// Min-max normalises each sample of [N,...] (or a single [h,w] map) to [0,1]; a constant map
+/// becomes all zeros.
+at::Tensor normalize(const at::Tensor& map);
+
+}  // namespace gradcam

@@ -1,0 +1,9 @@
+// gradcam/gradcam.hpp: the umbrella header. Includes the core API (no OpenCV needed); the image
+// and visualisation layer is <gradcam/image.hpp>, included here when built with OpenCV.
+#pragma once
+
+#include <gradcam/error.hpp>
+#include <gradcam/grad_cam.hpp>
+#include <gradcam/layers.hpp>
+#include <gradcam/model.hpp>
+#include <gradcam/version.hpp>

@@ -1,0 +1,350 @@
+// src/grad_cam.cpp: the Grad-CAM engine (targets, partial backward, maps) and the map helpers.
+#include <gradcam/grad_cam.hpp>
+
+#include <ATen/ATen.h>
+#include <c10/util/Exception.h>
+#include <torch/csrc/autograd/autograd.h>
+#include <torch/csrc/jit/api/module.h>
+
+#include <algorithm>
+
+#include <gradcam/error.hpp>
+
+#include "graph.hpp"
+
+namespace gradcam {
+
+using detail::concat;
+using detail::shape_str;
+
+Target Target::topk(int64_t k) {
+  GRADCAM_CHECK(k >= 1, "top-k needs k >= 1, got ", k);
+  Target t;
+  t.kind_ = Kind::top_k;
+  t.k_ = k;
+  return t;
+}
+
+Target Target::classes(std::vector<int64_t> indices) {
+  GRADCAM_CHECK(!indices.empty(), "Target::classes needs at least one class index");
+  Target t;
+  t.kind_ = Kind::classes;
+  t.indices_ = std::move(indices);
+  return t;
+}
+
+Target Target::score(ScoreFn fn) {
+  GRADCAM_CHECK(static_cast<bool>(fn), "Target::score needs a callable");
+  Target t;
+  t.kind_ = Kind::score;
+  t.fn_ = std::move(fn);
+  return t;
+}
+
+const LayerMap& GradCAMResult::get(const std::string& layer, int64_t rank, int64_t call) const {
+  for (const auto& m : maps) {
+    if (m.layer == layer && m.rank == rank && m.call == call) return m;
+  }
+  std::string have;
+  for (const auto& m : maps) {
+    have += concat(have.empty() ? "" : ", ", m.layer, " (rank ", m.rank, ", call ", m.call, ")");
+  }
+  fail(concat("no map for layer '", layer, "' rank ", rank, " call ", call, "; the result has: ",
+              have));
+}
+
+namespace detail {
+
+std::string torch_message(const std::exception& e) {
+  std::string msg;
+  if (const auto* ce = dynamic_cast<const c10::Error*>(&e)) {
+    msg = ce->what_without_backtrace();
+  } else {
+    msg = e.what();
+  }
+  // TorchScript errors carry the script call stack first; the cause is after the last marker.
+  const std::string marker = "RuntimeError: ";
+  if (auto pos = msg.rfind(marker); pos != std::string::npos) msg = msg.substr(pos + marker.size());
+  while (!msg.empty() && (msg.back() == '\n' || msg.back() == ' ')) msg.pop_back();
+  if (auto nl = msg.find('\n'); nl != std::string::npos) msg = msg.substr(0, nl);
+  return msg;
+}
+
+void check_input(const Forward& forward, const at::Tensor& input) {
+  GRADCAM_CHECK(input.defined(), "the input tensor is undefined");
+  const int64_t dim = forward.expected_dim() > 0 ? forward.expected_dim() : 4;
+  GRADCAM_CHECK(input.dim() == dim, "input has shape ", shape_str(input.sizes()), "; expected a ",
+                dim, "-D batch [N, C, H, W]");
+  GRADCAM_CHECK(input.size(0) > 0, "input batch is empty (shape ", shape_str(input.sizes()), ")");
+  if (forward.expected_channels() > 0) {
+    GRADCAM_CHECK(input.size(1) == forward.expected_channels(), "input has ", input.size(1),
+                  " channels (shape ", shape_str(input.sizes()),
+                  ") but the model's first convolution expects ", forward.expected_channels());
+  }
+  GRADCAM_CHECK(input.is_floating_point(), "input has dtype ", input.scalar_type(),
+                "; expected a floating-point tensor (e.g. float32)");
+  const int64_t bad = (~at::isfinite(input)).sum().item<int64_t>();
+  GRADCAM_CHECK(bad == 0, "input contains ", bad, " NaN or Inf value", bad == 1 ? "" : "s",
+                " (shape ", shape_str(input.sizes()), ")");
+}
+
+}  // namespace detail
+
+namespace {
+
+at::Tensor logits_of(const c10::IValue& out) {
+  if (out.isTensor()) return out.toTensor();
+  if (out.isTuple()) {
+    for (const auto& e : out.toTuple()->elements()) {
+      if (e.isTensor()) return e.toTensor();
+    }
+  }
+  if (out.isGenericDict()) {
+    std::string keys;
+    for (const auto& kv : out.toGenericDict()) {
+      if (kv.key().isString()) {
+        if (kv.key().toStringRef() == "out" && kv.value().isTensor()) return kv.value().toTensor();
+        keys += (keys.empty() ? "'" : ", '") + kv.key().toStringRef() + "'";
+      }
+    }
+    fail(concat("the model returns a dict without an 'out' tensor (keys: ", keys,
+                "); use Target::score to choose what to explain"));
+  }
+  if (out.isTensorList() && !out.toTensorList().empty()) return out.toTensorList().get(0);
+  fail(concat("the model returns ", out.tagKind(),
+              ", not class scores; use Target::score to choose what to explain"));
+}
+
+/// Scores to explain: per rank, a [N] tensor; and the class explained per sample and rank.
+struct Scores {
+  std::vector<at::Tensor> per_rank;
+  at::Tensor classes;  // [N,R]
+  at::Tensor logits;
+};
+
+Scores resolve_target(const Target& target, const c10::IValue& out, int64_t n) {
+  Scores s;
+  if (target.kind() == Target::Kind::score) {
+    at::Tensor v = target.fn()(out);
+    GRADCAM_CHECK(v.defined(), "the score function returned an undefined tensor");
+    GRADCAM_CHECK(v.numel() == n, "the score function returned shape ", shape_str(v.sizes()),
+                  "; expected one score per sample, [", n, "]");
+    s.per_rank.push_back(v.reshape({n}));
+    s.classes = at::full({n, 1}, -1, at::TensorOptions().dtype(at::kLong));
+    return s;
+  }
+  at::Tensor logits = logits_of(out);
+  GRADCAM_CHECK(logits.dim() == 2 && logits.size(0) == n, "the model output has shape ",
+                shape_str(logits.sizes()), "; class targets need [N, classes] with N = ", n,
+                " (use Target::score for other outputs)");
+  const int64_t num_classes = logits.size(1);
+  at::Tensor idx;
+  if (target.kind() == Target::Kind::top_k) {
+    GRADCAM_CHECK(target.k() <= num_classes, "top-", target.k(), " requested but the model has ",
+                  num_classes, " classes");
+    idx = std::get<1>(logits.detach().topk(target.k(), 1));
+  } else {
+    const auto& ind = target.indices();
+    GRADCAM_CHECK(ind.size() == 1 || static_cast<int64_t>(ind.size()) == n, "got ", ind.size(),
+                  " class indices for a batch of ", n, "; give one per sample or one for all");
+    for (int64_t c : ind) {
+      GRADCAM_CHECK(c >= 0 && c < num_classes, "class index ", c,
+                    " is out of range: the model has ", num_classes, " classes (0..",
+                    num_classes - 1, ")");
+    }
+    idx = at::tensor(ind, at::TensorOptions().dtype(at::kLong)).to(logits.device());
+    idx = idx.view({-1, 1}).expand({n, 1}).contiguous();
+  }
+  for (int64_t r = 0; r < idx.size(1); ++r) {
+    s.per_rank.push_back(logits.gather(1, idx.narrow(1, r, 1)).squeeze(1));
+  }
+  s.classes = idx;
+  s.logits = logits.detach();
+  return s;
+}
+
+}  // namespace
+
+struct GradCAM::Impl {
+  GradCAMOptions options;
+  torch::jit::Module module;
+  std::vector<std::string> layers;
+  std::unique_ptr<detail::Forward> forward;
+
+  Impl(const torch::jit::Module& m, GradCAMOptions opts) : options(std::move(opts)), module(m) {
+    GRADCAM_CHECK(!options.layers().empty() || options.guided() != GuidedMode::none,
+                  "GradCAMOptions names no layer");
+    if (options.device()) {
+      const c10::Device device = *options.device();
+      GRADCAM_CHECK(!device.is_cuda() || at::hasCUDA(), "device '", device.str(),
+                    "' requested but CUDA is not available on this machine or LibTorch build");
+      bool elsewhere = false;
+      for (const auto& p : module.parameters()) {
+        elsewhere = p.device() != device;
+        break;
+      }
+      if (elsewhere) {  // never move the caller's module: work on a private copy
+        module = m.clone();
+        module.to(device);
+      }
+    }
+    if (module.is_training()) {
+      TORCH_WARN("gradcam: the model is in training mode; explaining it in eval mode "
+                 "(batch norm uses running statistics, dropout is off). Call model.eval().");
+    }
+    layers = options.layers();
+    for (auto& layer : layers) {
+      if (layer == "auto") {
+        layer = detail::probe_layers(module, at::Tensor(), options.probe_shape()).auto_layer;
+        GRADCAM_CHECK(!layer.empty(), "'auto' found no 4-D activation with spatial size > 1 for "
+                      "input shape ", shape_str(options.probe_shape()),
+                      "; name a layer (see `gradcam layers`) or set probe_shape");
+      }
+    }
+    detail::RewriteSpec spec;
+    spec.layers = layers;
+    spec.guided = options.guided();
+    forward = std::make_unique<detail::Forward>(module, spec);
+  }
+};
+
+GradCAM::GradCAM(const torch::jit::Module& module, GradCAMOptions options)
+    : impl_(std::make_unique<Impl>(module, std::move(options))) {}
+GradCAM::~GradCAM() = default;
+GradCAM::GradCAM(GradCAM&&) noexcept = default;
+GradCAM& GradCAM::operator=(GradCAM&&) noexcept = default;
+
+const std::vector<std::string>& GradCAM::layers() const { return impl_->layers; }
+const GradCAMOptions& GradCAM::options() const { return impl_->options; }
+
+GradCAMResult GradCAM::compute(const at::Tensor& input_, const Target& target) const {
+  const Impl& impl = *impl_;
+  detail::check_input(*impl.forward, input_);
+  at::Tensor input = input_.detach();
+  if (impl.options.device() && input.device() != *impl.options.device()) {
+    input = input.to(*impl.options.device());
+  }
+  const GuidedMode guided = impl.options.guided();
+  const int64_t n = input.size(0);
+
+  c10::AutoGradMode grad_on(true);
+  if (guided != GuidedMode::none) input.requires_grad_(true);
+
+  detail::CaptureContext ctx(impl.forward->slots());
+  c10::IValue out;
+  try {
+    out = impl.forward->run(input, ctx);
+  } catch (const Error&) {
+    throw;
+  } catch (const std::exception& e) {
+    fail(concat("the model's forward pass failed on input of shape ", shape_str(input.sizes()),
+                ": ", detail::torch_message(e)));
+  }
+
+  Scores scores = resolve_target(target, out, n);
+  const auto ranks = static_cast<int64_t>(scores.per_rank.size());
+
+  std::vector<at::Tensor> leaves;
+  std::vector<std::pair<size_t, int64_t>> where;  // (slot, call)
+  for (size_t slot = 0; slot < impl.layers.size(); ++slot) {
+    GRADCAM_CHECK(!ctx.captures[slot].empty(), "layer '", impl.layers[slot],
+                  "' was not reached by this forward pass (it is inside a branch not taken)");
+    for (size_t call = 0; call < ctx.captures[slot].size(); ++call) {
+      leaves.push_back(ctx.captures[slot][call]);
+      where.emplace_back(slot, static_cast<int64_t>(call));
+    }
+  }
+
+  GradCAMResult result;
+  result.output = std::make_shared<const c10::IValue>(out);
+  result.classes = scores.classes;
+  result.logits = scores.logits;
+  {
+    std::vector<at::Tensor> cols;
+    for (const auto& s : scores.per_rank) cols.push_back(s.detach());
+    result.scores = at::stack(cols, 1);
+  }
+  result.untouched_activations = impl.forward->untouched_activations();
+
+  const std::vector<int64_t> input_hw = {input.size(2), input.size(3)};
+  for (int64_t r = 0; r < ranks; ++r) {
+    const at::Tensor score = scores.per_rank[static_cast<size_t>(r)].sum();
+    const bool last = r + 1 == ranks;
+    GRADCAM_CHECK(score.requires_grad(), "the target score does not depend on ",
+                  leaves.empty() ? std::string("the input")
+                                 : concat("layer '", impl.layers.front(), "'"),
+                  ": no gradient can flow back from it");
+    const size_t first_map = result.maps.size();
+    if (!leaves.empty()) {
+      ctx.backward_mode = 0;
+      auto grads = torch::autograd::grad({score}, leaves, {}, guided != GuidedMode::none || !last,
+                                         false, /*allow_unused=*/true);
+      for (size_t i = 0; i < leaves.size(); ++i) {
+        const std::string& layer = impl.layers[where[i].first];
+        const at::Tensor& g = grads[i];
+        GRADCAM_CHECK(g.defined(), "the target score does not depend on layer '", layer,
+                      "' (call ", where[i].second,
+                      "): no gradient reaches it, so its map would be blank; choose a layer the "
+                      "score is computed from");
+        const at::Tensor a = leaves[i].detach();
+        GRADCAM_CHECK(a.dim() >= 3, "layer '", layer, "' outputs shape ", shape_str(a.sizes()),
+                      "; Grad-CAM needs spatial dimensions [N, C, h, w]");
+        GRADCAM_CHECK(g.ne(0).any().item<bool>(), "the gradient of the target score with respect "
+                      "to layer '", layer, "' is zero everywhere, so its map would be blank");
+        std::vector<int64_t> spatial;
+        for (int64_t d = 2; d < a.dim(); ++d) spatial.push_back(d);
+        at::Tensor w = g.mean(spatial);
+        if (impl.options.counterfactual()) w = w.neg();
+        std::vector<int64_t> wshape = {a.size(0), a.size(1)};
+        wshape.resize(static_cast<size_t>(a.dim()), 1);
+        at::Tensor signed_map = (w.view(wshape) * a).sum(1, /*keepdim=*/true);
+        LayerMap m;
+        m.layer = layer;
+        m.call = where[i].second;
+        m.rank = r;
+        m.map = at::relu(signed_map);
+        if (impl.options.keep_signed()) m.map_signed = signed_map;
+        if (impl.options.keep_weights()) m.weights = w;
+        if (impl.options.keep_activations()) m.activations = a;
+        if (impl.options.keep_gradients()) m.gradients = g;
+        result.maps.push_back(std::move(m));
+      }
+    }
+    if (guided != GuidedMode::none) {
+      ctx.backward_mode = guided == GuidedMode::guided ? 1 : 2;
+      auto g = torch::autograd::grad({score}, {input}, {}, !last, false, true);
+      at::Tensor gin = g[0].defined() ? g[0] : at::zeros_like(input);
+      for (size_t i = first_map; i < result.maps.size(); ++i) {
+        LayerMap& m = result.maps[i];
+        GRADCAM_CHECK(m.map.dim() == 4, "layer '", m.layer,
+                      "': Guided Grad-CAM needs a 4-D activation");
+        m.guided_gradcam = gin * upsample(m.map, input_hw);
+      }
+      result.guided.push_back(gin);
+    }
+  }
+  return result;
+}
+
+at::Tensor upsample(const at::Tensor& map, std::vector<int64_t> size) {
+  GRADCAM_CHECK(size.size() == 2 && size[0] > 0 && size[1] > 0,
+                "upsample needs a size {H, W} with positive entries, got ", shape_str(size));
+  GRADCAM_CHECK(map.defined(), "upsample: the map is undefined");
+  if (map.dim() == 2) return upsample(map.unsqueeze(0).unsqueeze(0), size).squeeze(0).squeeze(0);
+  GRADCAM_CHECK(map.dim() == 4, "upsample needs a map [N,1,h,w] or [h,w], got shape ",
+                shape_str(map.sizes()));
+  return at::upsample_bilinear2d(map, size, /*align_corners=*/false);
+}
+
+at::Tensor normalize(const at::Tensor& map) {
+  GRADCAM_CHECK(map.defined() && map.dim() >= 2, "normalize needs a map [h,w] or [N,...]");
+  if (map.dim() == 2) return normalize(map.unsqueeze(0)).squeeze(0);
+  at::Tensor flat = map.reshape({map.size(0), -1});
+  at::Tensor lo = std::get<0>(flat.min(1, true));
+  at::Tensor hi = std::get<0>(flat.max(1, true));
+  at::Tensor range = hi - lo;
+  at::Tensor out = at::where(range > 0, (flat - lo) / range.clamp_min(1e-30), at::zeros_like(flat));
+  return out.view(map.sizes());
+}
+
+}  // namespace gradcam

@@ -1,0 +1,49 @@
+// tests/support.hpp: shared helpers for the tests: fixture paths, reference stores, comparisons.
+#pragma once
+
+#include <ATen/ATen.h>
+#include <torch/csrc/jit/api/module.h>
+
+#include <cstdlib>
+#include <string>
+
+#include <torch/csrc/jit/serialization/import.h>
+
+#include <gradcam/model.hpp>
+
+namespace test {
+
+/// Directory the fixture script wrote to (set by CTest in GRADCAM_FIXTURES).
+inline std::string fixtures() {
+  const char* dir = std::getenv("GRADCAM_FIXTURES");
+  return dir ? dir : "fixtures";
+}
+
+inline std::string fixture(const std::string& name) { return fixtures() + "/" + name; }
+
+inline torch::jit::Module model(const std::string& name) {
+  return gradcam::load_model(fixture(name + ".pt"));
+}
+
+/// A reference store written by make_fixtures.py: buffers by name.
+struct Ref {
+  explicit Ref(const std::string& name) : store(torch::jit::load(fixture(name + "_ref.pt"))) {}
+  bool has(const std::string& key) const { return store.hasattr(key); }
+  at::Tensor get(const std::string& key) const { return store.attr(key).toTensor(); }
+  torch::jit::Module store;
+};
+
+inline std::string key(const std::string& kind, std::string layer, int64_t batch, int64_t call) {
+  for (auto& c : layer)
+    if (c == '.') c = '_';
+  return kind + "__" + layer + "__b" + std::to_string(batch) + "__c" + std::to_string(call);
+}
+
+/// max |a - b| / max |b|: the agreement measure "within 1e-5 of the map's max".
+inline double rel_err(const at::Tensor& a, const at::Tensor& b) {
+  const double scale = b.abs().max().item<double>();
+  const double diff = (a.to(at::kDouble).cpu() - b.to(at::kDouble).cpu()).abs().max().item<double>();
+  return scale > 0 ? diff / scale : diff;
+}
+
+}  // namespace test
