@@ -265,6 +265,7 @@ GradCAMResult GradCAM::compute(const at::Tensor& input_, const Target& target) c
     result.scores = at::stack(cols, 1);
   }
   result.untouched_activations = impl.forward->untouched_activations();
+  result.replaced_activations = impl.forward->replaced_activations();
 
   const std::vector<int64_t> input_hw = {input.size(2), input.size(3)};
   for (int64_t r = 0; r < ranks; ++r) {

@@ -94,13 +94,12 @@ struct GuidedAct : public torch::autograd::Function<GuidedAct> {
     const int mode = owner != nullptr ? owner->backward_mode.load() : 0;
     at::Tensor g = grads[0];
     if (mode == 2) {  // deconvnet: only the sign of the incoming gradient matters
-      return {g.clamp_min(0), at::Tensor(), at::Tensor()};
+      return {at::relu(g), at::Tensor(), at::Tensor()};
     }
-    at::Tensor mask = std::isinf(hi) ? x.gt(lo) : at::logical_and(x.gt(lo), x.lt(hi));
-    if (mode == 1) {  // guided
-      g = g.clamp_min(0);
-    }
-    return {g * mask, at::Tensor(), at::Tensor()};
+    if (mode == 1) g = at::relu(g);  // guided: positive gradients only...
+    // ...through the ordinary mask (input > lo, and < hi for ReLU6), as relu's own backward does
+    at::Tensor gin = std::isinf(hi) ? at::threshold_backward(g, x, lo) : at::hardtanh_backward(g, x, lo, hi);
+    return {gin, at::Tensor(), at::Tensor()};
   }
 };
 

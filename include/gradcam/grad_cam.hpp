@@ -129,6 +129,8 @@ struct GradCAMResult {
   std::shared_ptr<const c10::IValue> output;
   /// Per rank, the guided (or deconvnet) gradient w.r.t. the input [N,C,H,W] (guided != none).
   std::vector<at::Tensor> guided;
+  /// Guided modes: how many ReLU / ReLU6 ops got the modified backward.
+  int64_t replaced_activations = 0;
   /// Activation kinds found in the model that guided backprop left with their usual backward.
   std::vector<std::string> untouched_activations;
 

@@ -4,6 +4,7 @@
 
 #include <gradcam/error.hpp>
 #include <gradcam/grad_cam.hpp>
+#include <gradcam/guided.hpp>
 #include <gradcam/layers.hpp>
 #include <gradcam/model.hpp>
 #include <gradcam/version.hpp>
