@@ -145,6 +145,11 @@ std::optional<std::string> module_path(Value* v, Value* self) {
   return path;
 }
 
+bool is_forward_name(const std::string& name) {
+  if (name.rfind("forward", 0) != 0) return false;
+  return std::all_of(name.begin() + 7, name.end(), [](char c) { return c >= '0' && c <= '9'; });
+}
+
 bool is_tensor(Value* v) { return v->type()->isSubtypeOf(*c10::TensorType::get()); }
 
 /// Replaces a prim::CallMethod node by the body of the method it calls (unoptimised graph, so the
@@ -281,7 +286,12 @@ Forward::Forward(const torch::jit::Module& module, const RewriteSpec& spec) : mo
       auto path = module_path(n->input(0), self);
       if (!path) continue;
       bool inline_it = path->empty();  // other methods of the root (e.g. _forward_impl)
-      if (spec.probe_all && !path->empty()) {
+      // A layer's call is its forward (traced models: forward1, forward2...); other methods of it,
+      // such as Conv2d._conv_forward called from its own forward, are not separate calls.
+      const bool is_forward = is_forward_name(n->s(c10::attr::name));
+      if (spec.probe_all && !path->empty() && !is_forward) {
+        inline_it = true;
+      } else if (spec.probe_all && !path->empty()) {
         any_module_call = true;
         if (!marked.count(n)) {
           auto it = probe_index.find(*path);
@@ -299,7 +309,7 @@ Forward::Forward(const torch::jit::Module& module, const RewriteSpec& spec) : mo
       } else if (!spec.probe_all) {
         for (size_t i = 0; i < spec.layers.size(); ++i) {
           const std::string& layer = spec.layers[i];
-          if (layer == *path && !marked.count(n)) {
+          if (layer == *path && is_forward && !marked.count(n)) {
             GRADCAM_CHECK(n->outputs().size() == 1 && is_tensor(n->output()), "layer '", layer,
                           "' returns ", n->outputs().size() == 1 ? n->output()->type()->str() : "several values",
                           ", not a tensor; choose one of its submodules (see `gradcam layers`)");

@@ -6,5 +6,10 @@
 #include <gradcam/grad_cam.hpp>
 #include <gradcam/guided.hpp>
 #include <gradcam/layers.hpp>
+#include <gradcam/localize.hpp>
 #include <gradcam/model.hpp>
 #include <gradcam/version.hpp>
+
+#if defined(GRADCAM_WITH_OPENCV)
+#include <gradcam/image.hpp>
+#endif

@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# The README's first command: installs the dependencies (Debian 12), builds gradcam, and explains
+# the shipped demo images with the shipped demo model. The overlays land in ./demo_out.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/install_deps.sh
+BUILD_DIR=${BUILD_DIR:-build}
+if [ ! -f "$BUILD_DIR/build.ninja" ]; then
+  cmake -S . -B "$BUILD_DIR" -G Ninja -DCMAKE_BUILD_TYPE=Release
+fi
+cmake --build "$BUILD_DIR" -j "$(nproc)" --target gradcam_cli
+"$BUILD_DIR/gradcam" explain --model examples/demo/digits.pt --images examples/demo/images \
+  --labels examples/demo/labels.txt --resize 0 --crop 0 \
+  --method gradcam guided-gradcam --out demo_out
+echo "Overlays written to $(pwd)/demo_out (for example demo_out/0003_zero_c0_gradcam.png)"

@@ -1,0 +1,375 @@
+// src/cli/main.cpp: the `gradcam` command. Built only on the public API.
+//
+//   gradcam explain --model M --image a.png [b.png ...] | --images DIR  [--method ...] [--json]
+//   gradcam layers  --model M [--size H W] [--json]
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/csrc/jit/api/module.h>
+
+#include <CLI/CLI.hpp>
+#include <nlohmann/json.hpp>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+#include <map>
+#include <set>
+#include <thread>
+#include <unistd.h>
+
+#include <gradcam/gradcam.hpp>
+
+namespace fs = std::filesystem;
+using json = nlohmann::json;
+
+namespace {
+
+struct Common {
+  std::string model;
+  std::string layer = "auto";
+  std::string device = "cpu";
+  int batch = 8;
+  int resize = 256;
+  int crop = 224;
+  std::vector<double> mean = {0.485, 0.456, 0.406};
+  std::vector<double> std = {0.229, 0.224, 0.225};
+  std::string labels;
+  int threads = 0;
+  bool quiet = false;
+};
+
+void add_common(CLI::App* app, Common& c) {
+  app->add_option("--model", c.model, "TorchScript model file (torch.jit.script / torch.jit.trace, saved with torch.jit.save)")
+      ->required()->check(CLI::ExistingFile);
+  app->add_option("--layer", c.layer, "target layer: a module path as named_modules() prints it (layer4, features.29), or auto")
+      ->capture_default_str();
+  app->add_option("--device", c.device, "cpu or cuda")->check(CLI::IsMember({"cpu", "cuda"}))->capture_default_str();
+  app->add_option("--batch", c.batch, "images per forward pass")->check(CLI::PositiveNumber)->capture_default_str();
+  app->add_option("--resize", c.resize, "resize the shorter side to S pixels (0: keep)")->check(CLI::NonNegativeNumber)->capture_default_str();
+  app->add_option("--crop", c.crop, "centre crop C x C (0: none)")->check(CLI::NonNegativeNumber)->capture_default_str();
+  app->add_option("--mean", c.mean, "per-channel mean R G B")->expected(3)->capture_default_str();
+  app->add_option("--std", c.std, "per-channel standard deviation R G B")->expected(3)->check(CLI::PositiveNumber)->capture_default_str();
+  app->add_option("--labels", c.labels, "class names, one per line")->check(CLI::ExistingFile);
+  app->add_option("--threads", c.threads, "intra-op threads (default: all cores)")->check(CLI::PositiveNumber);
+  app->add_flag("--quiet,-q", c.quiet, "no progress bar");
+}
+
+gradcam::Preprocess preprocess_of(const Common& c) {
+  return gradcam::Preprocess().resize(c.resize).crop(c.crop).mean(c.mean).std(c.std);
+}
+
+std::vector<std::string> read_labels(const std::string& path) {
+  std::vector<std::string> out;
+  if (path.empty()) return out;
+  std::ifstream in(path);
+  GRADCAM_CHECK(in.good(), "cannot read labels file '", path, "'");
+  std::string line;
+  while (std::getline(in, line)) {
+    while (!line.empty() && (line.back() == '\r' || line.back() == ' ')) line.pop_back();
+    out.push_back(line);
+  }
+  while (!out.empty() && out.back().empty()) out.pop_back();
+  GRADCAM_CHECK(!out.empty(), "labels file '", path, "' is empty");
+  return out;
+}
+
+/// A progress bar with ETA on stderr, only when stderr is a terminal.
+class Progress {
+ public:
+  Progress(size_t total, bool enabled) : total_(total), enabled_(enabled && total > 1 && isatty(2)) {
+    start_ = std::chrono::steady_clock::now();
+  }
+  void update(size_t done) {
+    if (!enabled_) return;
+    const double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count();
+    const double eta = done > 0 ? elapsed / static_cast<double>(done) * static_cast<double>(total_ - done) : 0;
+    const int width = 30;
+    const int fill = static_cast<int>(width * done / std::max<size_t>(total_, 1));
+    std::fprintf(stderr, "\r[%s%s] %zu/%zu images  ETA %.0fs ", std::string(static_cast<size_t>(fill), '#').c_str(),
+                 std::string(static_cast<size_t>(width - fill), ' ').c_str(), done, total_, eta);
+    if (done == total_) std::fprintf(stderr, "\n");
+    std::fflush(stderr);
+  }
+
+ private:
+  size_t total_;
+  bool enabled_;
+  std::chrono::steady_clock::time_point start_;
+};
+
+std::vector<std::string> list_images(const std::string& dir) {
+  static const std::set<std::string> exts = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm"};
+  std::error_code ec;
+  GRADCAM_CHECK(fs::is_directory(dir, ec), "--images '", dir, "' is not a directory");
+  std::vector<std::string> out;
+  for (const auto& e : fs::directory_iterator(dir, ec)) {
+    if (!e.is_regular_file()) continue;
+    std::string ext = e.path().extension().string();
+    std::transform(ext.begin(), ext.end(), ext.begin(), [](unsigned char ch) { return std::tolower(ch); });
+    if (exts.count(ext)) out.push_back(e.path().string());
+  }
+  std::sort(out.begin(), out.end());
+  GRADCAM_CHECK(!out.empty(), "--images '", dir, "' contains no image files (.png, .jpg, ...)");
+  return out;
+}
+
+json box_json(const std::optional<gradcam::Box>& box, const gradcam::Geometry& g) {
+  if (!box) return nullptr;
+  auto b = g.to_image({box->x0, box->y0, box->x1, box->y1});
+  return json::array({b[0], b[1], b[2], b[3]});
+}
+
+struct ExplainArgs {
+  Common common;
+  std::vector<std::string> images;
+  std::string images_dir;
+  std::vector<int64_t> classes;
+  int topk = 0;
+  std::vector<std::string> methods = {"gradcam"};
+  std::string colormap = "jet";
+  double alpha = 0.5;
+  std::string out = "gradcam_out";
+  bool json_lines = false;
+};
+
+int run_explain(const ExplainArgs& a) {
+  const c10::Device device(a.common.device);
+  auto module = gradcam::load_model(a.common.model, device);
+  const auto labels = read_labels(a.common.labels);
+  const int colormap = gradcam::colormap_from_name(a.colormap);
+  std::set<std::string> methods(a.methods.begin(), a.methods.end());
+  const bool want_guided = methods.count("guided") || methods.count("guided-gradcam");
+  const bool want_deconv = methods.count("deconvnet") || methods.count("deconvnet-gradcam");
+
+  std::vector<std::string> images = a.images;
+  if (!a.images_dir.empty()) {
+    auto more = list_images(a.images_dir);
+    images.insert(images.end(), more.begin(), more.end());
+  }
+  GRADCAM_CHECK(!images.empty(), "no images given: use --image PATH or --images DIR");
+  std::error_code ec;
+  fs::create_directories(a.out, ec);
+  GRADCAM_CHECK(fs::is_directory(a.out), "cannot create output directory '", a.out, "'");
+  {
+    const std::string probe = (fs::path(a.out) / ".gradcam_write_test").string();
+    std::ofstream t(probe);
+    GRADCAM_CHECK(t.good(), "output directory '", a.out, "' is not writable");
+    t.close();
+    fs::remove(probe, ec);
+  }
+
+  gradcam::GradCAMOptions opts(a.common.layer);
+  opts.keep_signed(true).guided(want_guided ? gradcam::GuidedMode::guided : gradcam::GuidedMode::none);
+  gradcam::GradCAM cam(module, opts);
+  std::unique_ptr<gradcam::GradCAM> deconv;
+  if (want_deconv) {
+    deconv = std::make_unique<gradcam::GradCAM>(
+        module, gradcam::GradCAMOptions(cam.layers()).guided(gradcam::GuidedMode::deconvnet));
+  }
+  const std::string layer = cam.layers().front();
+  gradcam::Target target = a.topk > 0 ? gradcam::Target::topk(a.topk)
+                           : !a.classes.empty() ? gradcam::Target::classes(a.classes)
+                                                : gradcam::Target::top1();
+  const auto pre = preprocess_of(a.common);
+  std::ofstream records((fs::path(a.out) / "records.jsonl").string(), std::ios::app);
+  GRADCAM_CHECK(records.good(), "cannot write records in '", a.out, "'");
+
+  Progress progress(images.size(), !a.common.quiet);
+  size_t done = 0, failed = 0;
+  std::map<std::string, int> stems;
+  bool labels_checked = false;
+  for (size_t start = 0; start < images.size();) {
+    // a batch of consecutive images whose inputs have the same shape
+    std::vector<std::string> paths;
+    std::vector<cv::Mat> originals;
+    std::vector<gradcam::Geometry> geoms;
+    std::vector<at::Tensor> inputs;
+    size_t i = start;
+    for (; i < images.size() && static_cast<int>(inputs.size()) < a.common.batch; ++i) {
+      try {
+        cv::Mat img = gradcam::load_image(images[i]);
+        gradcam::Geometry g;
+        at::Tensor t = gradcam::to_tensor(img, pre, &g);
+        if (!inputs.empty() && t.sizes() != inputs.front().sizes()) break;
+        paths.push_back(images[i]);
+        originals.push_back(img);
+        geoms.push_back(g);
+        inputs.push_back(t);
+      } catch (const gradcam::Error& e) {
+        std::cerr << "\ngradcam: skipping " << images[i] << ": " << e.what() << "\n";
+        ++failed;
+        ++done;
+      }
+    }
+    start = i;
+    if (inputs.empty()) continue;
+    at::Tensor x = at::cat(inputs, 0).to(device);
+    gradcam::GradCAMResult r = cam.compute(x, target);
+    gradcam::GradCAMResult rd;
+    if (deconv) rd = deconv->compute(x, target);
+    if (!labels_checked && !labels.empty() && r.logits.defined()) {
+      GRADCAM_CHECK(static_cast<int64_t>(labels.size()) == r.logits.size(1), "labels file '", a.common.labels,
+                    "' has ", labels.size(), " names but the model has ", r.logits.size(1), " classes");
+      labels_checked = true;
+    }
+    at::Tensor probs = r.logits.defined() ? at::softmax(r.logits.to(at::kFloat), 1).cpu() : at::Tensor();
+    const int64_t ranks = r.classes.size(1);
+    for (size_t n = 0; n < paths.size(); ++n) {
+      const auto ni = static_cast<int64_t>(n);
+      std::string stem = fs::path(paths[n]).stem().string();
+      if (int k = stems[stem]++; k > 0) stem += "_" + std::to_string(k);
+      for (int64_t rank = 0; rank < ranks; ++rank) {
+        const int64_t cls = r.classes[ni][rank].item<int64_t>();
+        const double score = r.scores[ni][rank].item<double>();
+        const std::string cname = cls >= 0 && cls < static_cast<int64_t>(labels.size()) ? labels[static_cast<size_t>(cls)] : std::to_string(cls);
+        const gradcam::LayerMap& lm = r.get(layer, rank, 0);
+        for (const std::string& method : a.methods) {
+          const std::string base = (fs::path(a.out) / (stem + "_c" + std::to_string(cls) + "_" + method)).string();
+          json files = json::object();
+          at::Tensor map;  // [h,w] for the map-based methods
+          if (method == "gradcam") map = lm.map[ni][0];
+          if (method == "counterfactual") map = at::relu(-lm.map_signed[ni][0]);
+          json box = nullptr;
+          if (map.defined()) {
+            const gradcam::Geometry& g = geoms[n];
+            cv::Mat heat = gradcam::map_to_image(map, g);
+            gradcam::save_image(base + ".png", gradcam::overlay(originals[n], heat, colormap, a.alpha));
+            files["overlay"] = base + ".png";
+            gradcam::save_npy(base + "_map.npy", map);
+            files["map"] = base + "_map.npy";
+            at::Tensor up = gradcam::upsample(map, {g.input_height, g.input_width});
+            gradcam::save_npy(base + "_map_upsampled.npy", up);
+            files["map_upsampled"] = base + "_map_upsampled.npy";
+            box = box_json(gradcam::localize(up).front().box, g);
+          } else {
+            at::Tensor grad;
+            if (method == "guided") grad = r.guided.at(static_cast<size_t>(rank))[ni];
+            if (method == "guided-gradcam") grad = lm.guided_gradcam[ni];
+            if (method == "deconvnet") grad = rd.guided.at(static_cast<size_t>(rank))[ni];
+            if (method == "deconvnet-gradcam") grad = rd.get(layer, rank, 0).guided_gradcam[ni];
+            gradcam::save_image(base + ".png", gradcam::rgb_to_mat(gradcam::guided_to_display(grad)));
+            files["guided"] = base + ".png";
+            gradcam::save_npy(base + ".npy", grad);
+            files["gradients"] = base + ".npy";
+            box = box_json(gradcam::localize(gradcam::upsample(lm.map[ni][0], {geoms[n].input_height, geoms[n].input_width})).front().box, geoms[n]);
+          }
+          json rec = {{"image", paths[n]}, {"class", cls}, {"label", cname}, {"rank", rank},
+                      {"score", score}, {"prob", probs.defined() ? json(probs[ni][cls].item<double>()) : json(nullptr)},
+                      {"layer", layer}, {"method", method}, {"box", box}, {"files", files}};
+          records << rec.dump() << "\n";
+          if (a.json_lines) std::cout << rec.dump() << std::endl;
+        }
+      }
+      ++done;
+      progress.update(done);
+    }
+  }
+  if (!a.json_lines && !a.common.quiet) {
+    std::cerr << "gradcam: explained " << (done - failed) << " image(s) at layer '" << layer << "'; wrote " << a.out << "\n";
+  }
+  if (failed > 0) {
+    std::cerr << "gradcam: " << failed << " image(s) could not be read\n";
+    return 1;
+  }
+  return 0;
+}
+
+int run_layers(const Common& c, const std::vector<int>& size, bool as_json) {
+  auto module = gradcam::load_model(c.model, c10::Device(c.device));
+  const int h = size.size() == 2 ? size[0] : 224, w = size.size() == 2 ? size[1] : 224;
+  // channels from a first try with 3; a 1-channel model reports its need in the error
+  auto listing = [&] {
+    try {
+      return gradcam::list_layers(module, at::zeros({1, 3, h, w}, at::TensorOptions().device(c10::Device(c.device))));
+    } catch (const gradcam::Error& e) {
+      const std::string msg = e.what();
+      auto pos = msg.find("first convolution expects ");
+      if (pos == std::string::npos) throw;
+      const int ch = std::stoi(msg.substr(pos + 26));
+      return gradcam::list_layers(module, at::zeros({1, ch, h, w}, at::TensorOptions().device(c10::Device(c.device))));
+    }
+  }();
+  auto shape = [](const std::vector<int64_t>& s) {
+    std::string out = "[";
+    for (size_t i = 0; i < s.size(); ++i) out += (i ? ", " : "") + std::to_string(s[i]);
+    return out + "]";
+  };
+  if (as_json) {
+    json arr = json::array();
+    for (const auto& l : listing.layers) {
+      arr.push_back({{"name", l.name}, {"type", l.type}, {"shape", l.shape}, {"calls", l.calls},
+                     {"is_tensor", l.is_tensor}, {"auto", l.name == listing.auto_layer}});
+    }
+    std::cout << json{{"layers", arr}, {"auto", listing.auto_layer}, {"frozen", listing.frozen}}.dump(2) << "\n";
+    return 0;
+  }
+  size_t width = 5;
+  for (const auto& l : listing.layers) width = std::max(width, l.name.size());
+  std::printf("  %-*s  %-22s  %-22s  %s\n", static_cast<int>(width), "layer", "type", "output shape", "calls");
+  for (const auto& l : listing.layers) {
+    const bool is_auto = l.name == listing.auto_layer;
+    std::printf("%s %-*s  %-22s  %-22s  %lld\n", is_auto ? "*" : " ", static_cast<int>(width), l.name.c_str(),
+                l.type.c_str(), l.is_tensor ? shape(l.shape).c_str() : "(not a tensor)", static_cast<long long>(l.calls));
+  }
+  std::printf("\n* auto = %s (input 1x?x%dx%d)%s\n", listing.auto_layer.c_str(), h, w,
+              listing.frozen ? "; frozen model: names are graph values" : "");
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"gradcam: Grad-CAM, Guided Grad-CAM and friends for TorchScript models (version " +
+               std::string(gradcam::version) + ")"};
+  app.require_subcommand(1);
+  app.set_version_flag("--version", std::string(gradcam::version));
+
+  ExplainArgs ex;
+  auto* explain = app.add_subcommand("explain", "explain images: heatmap overlays, maps as .npy, boxes, JSON records");
+  add_common(explain, ex.common);
+  explain->add_option("--image", ex.images, "image file(s)")->expected(1, -1);
+  explain->add_option("--images", ex.images_dir, "a folder of images");
+  auto* cls = explain->add_option("--class", ex.classes, "class index to explain (one for all images, or one per image)")->expected(1, -1)->check(CLI::NonNegativeNumber);
+  explain->add_option("--topk", ex.topk, "explain the K best classes of each image")->check(CLI::PositiveNumber)->excludes(cls);
+  explain->add_option("--method", ex.methods, "gradcam, counterfactual, guided, deconvnet, guided-gradcam, deconvnet-gradcam (several allowed)")
+      ->expected(1, -1)
+      ->check(CLI::IsMember({"gradcam", "counterfactual", "guided", "deconvnet", "guided-gradcam", "deconvnet-gradcam"}))
+      ->capture_default_str();
+  explain->add_option("--colormap", ex.colormap, "heatmap colours")->check(CLI::IsMember(gradcam::colormap_names()))->capture_default_str();
+  explain->add_option("--alpha", ex.alpha, "heatmap opacity over the image")->check(CLI::Range(0.0, 1.0))->capture_default_str();
+  explain->add_option("--out", ex.out, "output folder")->capture_default_str();
+  explain->add_flag("--json", ex.json_lines, "print one JSON record per image, class and method on stdout");
+
+  Common lc;
+  std::vector<int> size;
+  bool layers_json = false;
+  auto* layers = app.add_subcommand("layers", "list the layers of a model with their output shapes; * marks the auto choice");
+  add_common(layers, lc);
+  layers->add_option("--size", size, "input height and width")->expected(2)->check(CLI::PositiveNumber);
+  layers->add_flag("--json", layers_json, "print JSON");
+
+  if (argc > 1 && argv[1][0] != '-' && std::string(argv[1]) != "explain" && std::string(argv[1]) != "layers") {
+    std::cerr << "gradcam: unknown command '" << argv[1] << "'; the commands are: explain, layers (see --help)\n";
+    return 2;
+  }
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e);
+  }
+  try {
+    const Common& c = explain->parsed() ? ex.common : lc;
+    at::set_num_threads(c.threads > 0 ? c.threads : static_cast<int>(std::max(1u, std::thread::hardware_concurrency())));
+    if (explain->parsed()) return run_explain(ex);
+    return run_layers(lc, size, layers_json);
+  } catch (const gradcam::Error& e) {
+    std::cerr << "\ngradcam: error: " << e.what() << "\n";
+    return 1;
+  } catch (const std::exception& e) {
+    std::cerr << "\ngradcam: error: " << e.what() << "\n";
+    return 1;
+  }
+}

@@ -1,0 +1,247 @@
+// The gradcam command and the examples, on the shipped demo model and images.
+#include "catch.hpp"
+
+#include <nlohmann/json.hpp>
+#include <opencv2/imgcodecs.hpp>
+#include <opencv2/videoio.hpp>
+
+#include <array>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+#include <sys/wait.h>
+
+#include <gradcam/gradcam.hpp>
+
+#include "support.hpp"
+
+namespace fs = std::filesystem;
+using Catch::Matchers::Contains;
+using json = nlohmann::json;
+
+namespace {
+
+std::string env(const char* name) {
+  const char* v = std::getenv(name);
+  REQUIRE(v != nullptr);
+  return v;
+}
+std::string demo(const std::string& rel) { return env("GRADCAM_SOURCE_DIR") + "/examples/demo/" + rel; }
+std::string cli() { return env("GRADCAM_CLI"); }
+
+struct Run {
+  int code;
+  std::string out;
+};
+
+/// Runs a shell command; returns its exit code and stdout (stderr too when `merge`).
+Run run(const std::string& cmd, bool merge = true) {
+  FILE* p = popen((cmd + (merge ? " 2>&1" : " 2>/dev/null")).c_str(), "r");
+  REQUIRE(p != nullptr);
+  std::string out;
+  std::array<char, 4096> buf{};
+  size_t n;
+  while ((n = fread(buf.data(), 1, buf.size(), p)) > 0) out.append(buf.data(), n);
+  const int status = pclose(p);
+  return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, out};
+}
+
+/// Reads a float32 .npy file written by gradcam::save_npy (independent little parser).
+at::Tensor read_npy(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  REQUIRE(in.good());
+  char magic[8];
+  in.read(magic, 8);
+  REQUIRE(std::string(magic + 1, 5) == "NUMPY");
+  unsigned char len[2];
+  in.read(reinterpret_cast<char*>(len), 2);
+  std::string header(len[0] | (len[1] << 8), ' ');
+  in.read(header.data(), static_cast<std::streamsize>(header.size()));
+  REQUIRE_THAT(header, Contains("'descr': '<f4'"));
+  auto a = header.find("'shape': (") + 10;
+  auto b = header.find(')', a);
+  std::vector<int64_t> shape;
+  std::stringstream ss(header.substr(a, b - a));
+  std::string item;
+  while (std::getline(ss, item, ','))
+    if (item.find_first_not_of(' ') != std::string::npos) shape.push_back(std::stoll(item));
+  at::Tensor t = at::empty(shape, at::kFloat);
+  in.read(reinterpret_cast<char*>(t.data_ptr<float>()), static_cast<std::streamsize>(t.numel() * 4));
+  REQUIRE(in.gcount() == t.numel() * 4);
+  return t;
+}
+
+std::string tmpdir(const std::string& name) {
+  auto d = fs::temp_directory_path() / ("gradcam_test_" + name);
+  fs::remove_all(d);
+  fs::create_directories(d);
+  return d.string();
+}
+
+}  // namespace
+
+TEST_CASE("explain writes overlays, maps and records that match the library", "[cli]") {
+  const std::string out = tmpdir("explain");
+  const std::string model = demo("digits.pt");
+  std::vector<std::string> images;
+  for (const auto& e : fs::directory_iterator(demo("images"))) images.push_back(e.path().string());
+  std::sort(images.begin(), images.end());
+  REQUIRE(images.size() >= 4);
+  const std::string cmd = cli() + " explain --model " + model + " --images " + demo("images") +
+                          " --resize 0 --crop 0 --labels " + demo("labels.txt") +
+                          " --method gradcam counterfactual guided-gradcam --json --quiet --threads 1 --out " + out;
+  Run r = run(cmd, false);
+  REQUIRE(r.code == 0);
+  std::vector<json> recs;
+  std::stringstream lines(r.out);
+  std::string line;
+  while (std::getline(lines, line)) recs.push_back(json::parse(line));
+  REQUIRE(recs.size() == images.size() * 3);
+
+  auto module = gradcam::load_model(model);
+  gradcam::GradCAM cam(module, gradcam::GradCAMOptions("auto").keep_signed(true));
+  for (const auto& rec : recs) {
+    INFO(rec.dump());
+    for (const char* k : {"image", "class", "label", "score", "prob", "layer", "method", "box", "files"})
+      REQUIRE(rec.contains(k));
+    CHECK(rec["layer"] == "block3");
+    for (const auto& [kind, path] : rec["files"].items()) {
+      REQUIRE(fs::exists(path.get<std::string>()));
+      if (path.get<std::string>().size() > 4 && path.get<std::string>().substr(path.get<std::string>().size() - 4) == ".png") {
+        cv::Mat img = cv::imread(path.get<std::string>());
+        CHECK_FALSE(img.empty());
+      }
+    }
+    // the same numbers from the library on the same input
+    cv::Mat img = gradcam::load_image(rec["image"]);
+    gradcam::Geometry geo;
+    at::Tensor x = gradcam::to_tensor(img, gradcam::Preprocess().resize(0).crop(0), &geo);
+    auto res = cam.compute(x);
+    CHECK(rec["class"].get<int64_t>() == res.classes[0][0].item<int64_t>());
+    CHECK(rec["score"].get<double>() == Approx(res.scores[0][0].item<double>()).epsilon(1e-5));
+    CHECK(rec["prob"].get<double>() == Approx(at::softmax(res.logits, 1)[0][rec["class"].get<int64_t>()].item<double>()).epsilon(1e-5));
+    if (rec["method"] == "gradcam" || rec["method"] == "counterfactual") {
+      at::Tensor want = rec["method"] == "gradcam" ? res.maps[0].map[0][0] : at::relu(-res.maps[0].map_signed[0][0]);
+      at::Tensor got = read_npy(rec["files"]["map"]);
+      REQUIRE(got.sizes() == want.sizes());
+      CHECK(test::rel_err(got, want) < 1e-5);
+      at::Tensor up = read_npy(rec["files"]["map_upsampled"]);
+      CHECK(up.sizes() == at::IntArrayRef({x.size(2), x.size(3)}));
+      // the overlay is at the original resolution
+      CHECK(cv::imread(rec["files"]["overlay"].get<std::string>()).size() == img.size());
+    }
+    if (rec["method"] == "gradcam") {
+      REQUIRE(rec["box"].is_array());
+      CHECK(rec["box"].size() == 4);
+    }
+  }
+  // demo accuracy sanity: the shipped model gets most demo images right (label in the file name)
+  int right = 0;
+  for (const auto& rec : recs) {
+    if (rec["method"] != "gradcam") continue;
+    if (rec["image"].get<std::string>().find("_" + rec["label"].get<std::string>() + ".png") != std::string::npos) ++right;
+  }
+  CHECK(right >= static_cast<int>(images.size()) - 2);
+}
+
+TEST_CASE("explain --topk and --class", "[cli]") {
+  const std::string out = tmpdir("topk");
+  std::string img;
+  for (const auto& e : fs::directory_iterator(demo("images"))) img = e.path().string();
+  Run r = run(cli() + " explain --model " + demo("digits.pt") + " --image " + img +
+                  " --resize 0 --crop 0 --topk 3 --json --out " + out, false);
+  REQUIRE(r.code == 0);
+  std::stringstream lines(r.out);
+  std::string line;
+  std::vector<json> recs;
+  while (std::getline(lines, line)) recs.push_back(json::parse(line));
+  REQUIRE(recs.size() == 3);
+  CHECK(recs[0]["score"].get<double>() >= recs[1]["score"].get<double>());
+  Run c = run(cli() + " explain --model " + demo("digits.pt") + " --image " + img +
+                  " --resize 0 --crop 0 --class 7 --json --out " + out, false);
+  REQUIRE(c.code == 0);
+  CHECK(json::parse(c.out)["class"] == 7);
+}
+
+TEST_CASE("layers lists the demo model and marks auto", "[cli]") {
+  Run r = run(cli() + " layers --model " + demo("digits.pt") + " --size 64 64");
+  REQUIRE(r.code == 0);
+  CHECK_THAT(r.out, Contains("* block3") && Contains("[1, 64, 16, 16]") && Contains("fc"));
+  Run j = run(cli() + " layers --model " + demo("digits.pt") + " --size 64 64 --json", false);
+  REQUIRE(j.code == 0);
+  CHECK(json::parse(j.out)["auto"] == "block3");
+}
+
+TEST_CASE("bad arguments give a message naming them and a non-zero exit", "[cli]") {
+  const std::string m = " --model " + demo("digits.pt") + " ";
+  std::string img;
+  for (const auto& e : fs::directory_iterator(demo("images"))) img = e.path().string();
+  const std::string out = " --out " + tmpdir("bad") + " ";
+  struct Bad {
+    std::string args;
+    std::string message;
+  };
+  const std::vector<Bad> bad = {
+      {"explain --image " + img, "--model"},
+      {"explain --model /no/model.pt --image " + img, "/no/model.pt"},
+      {"explain --model " + demo("labels.txt") + " --image " + img, "not a readable TorchScript model"},
+      {"explain" + m + "--image " + img + " --layer block9" + out, "did you mean 'block1', 'block2', 'block3'"},
+      {"explain" + m + "--image " + img + " --method gradcan" + out, "gradcan"},
+      {"explain" + m + "--image " + img + " --alpha 2" + out, "--alpha"},
+      {"explain" + m + "--image " + img + " --colormap nosuch" + out, "nosuch"},
+      {"explain" + m + "--image " + img + " --device gpu" + out, "--device"},
+      {"explain" + m + "--image " + img + " --resize 0 --crop 0 --class 10" + out, "class index 10 is out of range"},
+      {"explain" + m + "--image " + img + " --resize 0 --crop 0 --labels " + demo("test/annotations.csv") + out, "names but the model has 10 classes"},
+      {"explain" + m + "--image " + img + " --crop 500 --resize 0" + out, "crop 500 is larger"},
+      {"explain" + m + "--images /no/such/dir" + out, "/no/such/dir"},
+      {"explain" + m + "--image /no/such.png" + out, "/no/such.png"},
+      {"explain" + m + "--image " + img + " --out /etc/passwd/sub", "/etc/passwd/sub"},
+      {"explain" + m + "--image " + img + " --class 1 --topk 2" + out, "--topk"},
+      {"layers" + m + "--size 64", "--size"},
+      {"frobnicate", "unknown command 'frobnicate'"},
+  };
+  for (const auto& b : bad) {
+    INFO(b.args);
+    Run r = run(cli() + " " + b.args);
+    CHECK(r.code != 0);
+    CHECK_THAT(r.out, Contains(b.message));
+  }
+}
+
+TEST_CASE("the examples run on the demo model", "[cli][examples]") {
+  const std::string dir = env("GRADCAM_EXAMPLES_DIR");
+  const std::string out = tmpdir("examples");
+  std::string img;
+  for (const auto& e : fs::directory_iterator(demo("images"))) img = e.path().string();
+  const std::string model = demo("digits.pt");
+
+  Run a = run(dir + "/example_explain_one " + model + " " + img + " " + out + "/one.png");
+  INFO(a.out);
+  CHECK(a.code == 0);
+  CHECK_FALSE(cv::imread(out + "/one.png").empty());
+
+  Run b = run(dir + "/example_guided_panel " + model + " " + img + " " + out + "/panel.png");
+  CHECK(b.code == 0);
+  cv::Mat panel = cv::imread(out + "/panel.png");
+  REQUIRE_FALSE(panel.empty());
+  CHECK(panel.cols > 4 * panel.rows / 2);  // five tiles side by side
+
+  Run c = run(dir + "/example_localize_boxes " + model + " " + img + " " + out + "/boxes.png");
+  CHECK(c.code == 0);
+  CHECK_THAT(c.out, Contains("box"));
+
+  // a short video made from the demo images
+  const std::string video = out + "/in.avi";
+  {
+    cv::VideoWriter w(video, cv::VideoWriter::fourcc('M', 'J', 'P', 'G'), 10, cv::Size(64, 64));
+    REQUIRE(w.isOpened());
+    for (const auto& e : fs::directory_iterator(demo("images"))) w.write(cv::imread(e.path().string()));
+  }
+  Run d = run(dir + "/example_video " + model + " " + video + " " + out + "/out.avi");
+  CHECK(d.code == 0);
+  CHECK_THAT(d.out, Contains("fps"));
+  cv::VideoCapture check(out + "/out.avi");
+  CHECK(check.isOpened());
+  CHECK(check.get(cv::CAP_PROP_FRAME_COUNT) >= 4);
+}
