@@ -245,3 +245,60 @@ TEST_CASE("the examples run on the demo model", "[cli][examples]") {
   CHECK(check.isOpened());
   CHECK(check.get(cv::CAP_PROP_FRAME_COUNT) >= 4);
 }
+
+TEST_CASE("eval-loc writes a report; unreadable images are counted and skipped", "[cli][localize]") {
+  const std::string dir = tmpdir("evalloc");
+  // a small CSV over three demo test images, one of them truncated, one missing
+  const std::string src = demo("test/");
+  fs::copy_file(src + "0000_zero.png", dir + "/a.png");
+  fs::copy_file(src + "0002_five.png", dir + "/b.png");
+  {
+    std::ifstream in(src + "0004_six.png", std::ios::binary);
+    std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    std::ofstream(dir + "/c.png", std::ios::binary) << bytes.substr(0, bytes.size() / 3);
+  }
+  std::ofstream(dir + "/ann.csv") << "file,label,x0,y0,x1,y1\n"
+                                  << "a.png,zero,33,4,53,27\n"
+                                  << "b.png,five,0,0,63,63\n"
+                                  << "c.png,six,0,0,10,10\n"
+                                  << "missing.png,two,0,0,10,10\n";
+  const std::string report = dir + "/report.json";
+  Run r = run(cli() + " eval-loc --model " + demo("digits.pt") + " --annotations " + dir + "/ann.csv --labels " +
+              demo("labels.txt") + " --resize 0 --crop 0 --sweep --quiet --report " + report);
+  INFO(r.out);
+  CHECK(r.code == 1);  // some images could not be read
+  CHECK_THAT(r.out, Contains("c.png") && Contains("missing.png") && Contains("| 0.15*"));
+  std::ifstream in(report);
+  json rep = json::parse(in);
+  for (const char* k : {"n", "top1_cls", "top1_loc", "top5_loc", "gt_known_loc", "mean_iou", "pointing_game", "threshold", "sweep"})
+    CHECK(rep.contains(k));
+  CHECK(rep["n"] == 2);
+  CHECK(rep["unreadable"] == 2);
+  CHECK(rep["threshold"] == 0.15);
+  CHECK(rep["sweep"].size() == 19);
+  // b.png's truth is the whole image: any box of a correct prediction has IoU = box area / 4096
+  CHECK(rep["top1_cls"].get<double>() == 1.0);
+  for (const char* k : {"top1_cls", "top1_loc", "top5_loc", "gt_known_loc", "mean_iou", "pointing_game"}) {
+    CHECK(rep[k].get<double>() >= 0.0);
+    CHECK(rep[k].get<double>() <= 1.0);
+  }
+}
+
+TEST_CASE("eval-loc interrupted with Ctrl-C still leaves a valid report", "[cli][localize]") {
+  const std::string dir = tmpdir("evalint");
+  const std::string report = dir + "/report.json";
+  Run r = run("timeout --preserve-status -s INT 3 " + cli() + " eval-loc --model " + demo("digits.pt") + " --annotations " +
+              demo("test/annotations.csv") + " --labels " + demo("labels.txt") +
+              " --resize 0 --crop 0 --batch 1 --threads 1 --sweep --quiet --report " + report);
+  INFO(r.out);
+  REQUIRE(fs::exists(report));
+  std::ifstream in(report);
+  json rep = json::parse(in);
+  if (r.code == 130) {
+    CHECK(rep["interrupted"] == true);
+    CHECK(rep["n"].get<int64_t>() < 300);
+  } else {
+    WARN("eval-loc finished all 300 images within 3 s; the interruption was not exercised");
+    CHECK(rep["n"] == 300);
+  }
+}

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <gradcam/error.hpp>
+#include <gradcam/evaluate.hpp>
 #include <gradcam/grad_cam.hpp>
 #include <gradcam/guided.hpp>
 #include <gradcam/layers.hpp>

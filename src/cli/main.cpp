@@ -10,6 +10,10 @@
 #include <nlohmann/json.hpp>
 
 #include <algorithm>
+#include <atomic>
+#include <csignal>
+#include <future>
+#include <iomanip>
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
@@ -277,6 +281,261 @@ int run_explain(const ExplainArgs& a) {
   return 0;
 }
 
+std::atomic<bool> g_interrupted{false};
+extern "C" void on_sigint(int) { g_interrupted = true; }
+
+struct EvalArgs {
+  Common common;
+  std::string annotations;
+  std::string images_dir;
+  std::string report = "eval_loc.json";
+  double threshold = 0.15;
+  bool sweep = false;
+  int connectivity = 8;
+  bool by_box_area = false;
+  int tolerance = 15;
+  std::string method = "gradcam";
+};
+
+json metrics_json(const gradcam::LocMetrics& m) {
+  return {{"n", m.n}, {"top1_cls", m.top1_cls}, {"top1_loc", m.top1_loc}, {"top5_loc", m.top5_loc},
+          {"gt_known_loc", m.gt_known_loc}, {"mean_iou", m.mean_iou}, {"pointing_game", m.pointing_game},
+          {"top1_loc_err", 1 - m.top1_loc}, {"top5_loc_err", 1 - m.top5_loc}};
+}
+
+int run_eval_loc(const EvalArgs& a) {
+  const c10::Device device(a.common.device);
+  auto module = gradcam::load_model(a.common.model, device);
+  const auto annotations = gradcam::read_annotations(a.annotations, a.images_dir);
+  gradcam::Labels labels;
+  if (!a.common.labels.empty()) labels = gradcam::Labels::read(a.common.labels);
+  gradcam::GradCAM cam(module, gradcam::GradCAMOptions(a.common.layer).keep_signed(true));
+  const std::string layer = cam.layers().front();
+  const auto pre = preprocess_of(a.common);
+
+  std::vector<double> thresholds = {a.threshold};
+  if (a.sweep) {
+    for (int i = 1; i <= 19; ++i) {
+      const double t = i * 0.05;
+      if (std::abs(t - a.threshold) > 1e-9) thresholds.push_back(t);
+    }
+    std::sort(thresholds.begin(), thresholds.end());
+  }
+  std::map<double, gradcam::LocAccumulator> acc;
+  for (double t : thresholds) acc.emplace(t, gradcam::LocAccumulator(0.5, a.tolerance));
+
+  struct Item {
+    size_t index;
+    cv::Mat image;
+    gradcam::Geometry geometry;
+    at::Tensor input;
+    int64_t true_class;
+    std::vector<gradcam::Box> truth;
+  };
+  struct Batch {
+    std::vector<Item> items;
+    std::vector<std::string> unreadable;
+  };
+  // Decoding and preprocessing of the next batch runs on another thread while the network runs.
+  auto load = [&](size_t start) {
+    Batch b;
+    for (size_t i = start; i < annotations.size() && i < start + static_cast<size_t>(a.common.batch); ++i) {
+      const auto& ann = annotations[i];
+      try {
+        Item it;
+        it.index = i;
+        auto cls = labels.size() ? labels.index(ann.objects.front().label) : gradcam::Labels().index(ann.objects.front().label);
+        GRADCAM_CHECK(cls.has_value(), "label '", ann.objects.front().label, "' of ", ann.image,
+                      " is not in the labels file", a.common.labels.empty() ? " (give --labels FILE)" : "");
+        it.true_class = *cls;
+        for (const auto& o : ann.objects) {
+          auto oc = labels.size() ? labels.index(o.label) : gradcam::Labels().index(o.label);
+          if (oc && *oc == it.true_class) it.truth.push_back(o.box);
+        }
+        it.image = gradcam::load_image(ann.image);
+        it.input = gradcam::to_tensor(it.image, pre, &it.geometry);
+        b.items.push_back(std::move(it));
+      } catch (const gradcam::Error& e) {
+        b.unreadable.push_back(ann.image + ": " + e.what());
+      }
+    }
+    return b;
+  };
+
+  g_interrupted = false;
+  auto previous = std::signal(SIGINT, on_sigint);
+  Progress progress(annotations.size(), !a.common.quiet);
+  size_t done = 0, unreadable = 0;
+  double compute_s = 0;
+  const auto t_start = std::chrono::steady_clock::now();
+  int64_t top_k = -1;
+  bool labels_checked = false;
+  std::future<Batch> next = std::async(std::launch::async, load, size_t{0});
+  for (size_t start = 0; start < annotations.size() && !g_interrupted;) {
+    Batch batch = next.get();
+    start += static_cast<size_t>(a.common.batch);
+    if (start < annotations.size()) next = std::async(std::launch::async, load, start);
+    for (const auto& u : batch.unreadable) std::cerr << "\ngradcam: skipping unreadable image " << u << "\n";
+    unreadable += batch.unreadable.size();
+    done += batch.unreadable.size();
+    // inputs of equal shape go through the network together
+    for (size_t first = 0; first < batch.items.size();) {
+      size_t last = first + 1;
+      while (last < batch.items.size() && batch.items[last].input.sizes() == batch.items[first].input.sizes()) ++last;
+      std::vector<at::Tensor> xs;
+      for (size_t i = first; i < last; ++i) xs.push_back(batch.items[i].input);
+      const at::Tensor x = at::cat(xs, 0).to(device);
+      const auto t0 = std::chrono::steady_clock::now();
+      gradcam::GradCAMResult ranked;
+      if (top_k < 0) {  // the first batch tells how many classes the model has
+        ranked = cam.compute(x, gradcam::Target::topk(1));
+        top_k = std::min<int64_t>(5, ranked.logits.size(1));
+        if (!labels_checked && labels.size()) {
+          GRADCAM_CHECK(static_cast<int64_t>(labels.size()) == ranked.logits.size(1), "labels file '",
+                        a.common.labels, "' has ", labels.size(), " names but the model has ",
+                        ranked.logits.size(1), " classes");
+          labels_checked = true;
+        }
+      }
+      if (ranked.maps.empty() || top_k > 1) ranked = cam.compute(x, gradcam::Target::topk(top_k));
+      const int64_t k = top_k;
+      std::vector<int64_t> truth_classes;
+      bool all_in_topk = true;
+      for (size_t i = first; i < last; ++i) {
+        truth_classes.push_back(batch.items[i].true_class);
+        GRADCAM_CHECK(batch.items[i].true_class < ranked.logits.size(1), "class ", batch.items[i].true_class,
+                      " of ", annotations[batch.items[i].index].image, " is out of range: the model has ",
+                      ranked.logits.size(1), " classes");
+      }
+      at::Tensor known_maps;  // [n,1,h,w] maps of the true classes
+      std::vector<at::Tensor> rows;
+      for (size_t i = first; i < last; ++i) {
+        const auto n = static_cast<int64_t>(i - first);
+        int64_t found = -1;
+        for (int64_t r = 0; r < k; ++r)
+          if (ranked.classes[n][r].item<int64_t>() == batch.items[i].true_class) found = r;
+        if (found < 0) {
+          all_in_topk = false;
+          break;
+        }
+        const auto& lm = ranked.get(layer, found);
+        rows.push_back(a.method == "gradcam" ? lm.map[n] : at::relu(-lm.map_signed[n]));
+      }
+      if (all_in_topk) {
+        known_maps = at::stack(rows, 0);
+      } else {
+        auto known = cam.compute(x, gradcam::Target::classes(truth_classes));
+        const auto& lm = known.get(layer);
+        known_maps = a.method == "gradcam" ? lm.map : at::relu(-lm.map_signed);
+      }
+      compute_s += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+      for (size_t i = first; i < last; ++i) {
+        const auto n = static_cast<int64_t>(i - first);
+        const Item& it = batch.items[i];
+        const std::vector<int64_t> size = {it.geometry.input_height, it.geometry.input_width};
+        std::vector<at::Tensor> ups;
+        std::vector<int64_t> predicted;
+        for (int64_t r = 0; r < k; ++r) {
+          const auto& lm = ranked.get(layer, r);
+          ups.push_back(gradcam::upsample(a.method == "gradcam" ? lm.map[n][0] : at::relu(-lm.map_signed[n][0]), size));
+          predicted.push_back(ranked.classes[n][r].item<int64_t>());
+        }
+        const at::Tensor known_up = gradcam::upsample(known_maps[n][0], size);
+        const int64_t flat = known_up.argmax().item<int64_t>();
+        auto peak_box = it.geometry.to_image({static_cast<int>(flat % size[1]), static_cast<int>(flat / size[1]),
+                                              static_cast<int>(flat % size[1]), static_cast<int>(flat / size[1])});
+        for (double t : thresholds) {
+          auto opts = gradcam::LocalizeOptions().threshold(t).connectivity(a.connectivity).largest_by_box_area(a.by_box_area);
+          auto to_image = [&](const std::optional<gradcam::Box>& b) -> std::optional<gradcam::Box> {
+            if (!b) return std::nullopt;
+            auto m = it.geometry.to_image({b->x0, b->y0, b->x1, b->y1});
+            gradcam::Box o = *b;
+            o.x0 = m[0];
+            o.y0 = m[1];
+            o.x1 = m[2];
+            o.y1 = m[3];
+            return o;
+          };
+          gradcam::LocSample s;
+          s.true_class = it.true_class;
+          s.truth = it.truth;
+          s.predicted = predicted;
+          for (const auto& up : ups) s.boxes.push_back(to_image(gradcam::localize(up, opts).front().box));
+          s.known_box = to_image(gradcam::localize(known_up, opts).front().box);
+          s.peak = std::make_pair((peak_box[0] + peak_box[2]) / 2, (peak_box[1] + peak_box[3]) / 2);
+          acc.at(t).add(s);
+        }
+        ++done;
+      }
+      first = last;
+    }
+    progress.update(done);
+  }
+  if (next.valid()) next.wait();
+  std::signal(SIGINT, previous);
+  const double wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count();
+
+  const auto main = acc.at(a.threshold).metrics();
+  json report = metrics_json(main);
+  report["threshold"] = a.threshold;
+  report["method"] = a.method;
+  report["layer"] = layer;
+  report["model"] = a.common.model;
+  report["annotations"] = a.annotations;
+  report["images"] = annotations.size();
+  report["unreadable"] = unreadable;
+  report["interrupted"] = g_interrupted.load();
+  report["connectivity"] = a.connectivity;
+  report["largest_by"] = a.by_box_area ? "box_area" : "pixels";
+  report["pointing_tolerance"] = a.tolerance;
+  report["images_per_s"] = wall > 0 ? static_cast<double>(main.n) / wall : 0.0;
+  report["network_images_per_s"] = compute_s > 0 ? static_cast<double>(main.n) / compute_s : 0.0;
+  if (a.sweep) {
+    json sweep = json::array();
+    double best_t = a.threshold, best = -1;
+    for (const auto& [t, ac] : acc) {
+      json row = metrics_json(ac.metrics());
+      row["threshold"] = t;
+      sweep.push_back(row);
+      if (ac.metrics().gt_known_loc > best) {
+        best = ac.metrics().gt_known_loc;
+        best_t = t;
+      }
+    }
+    report["sweep"] = sweep;
+    report["best_threshold"] = {{"metric", "gt_known_loc"}, {"threshold", best_t}, {"value", best}};
+  }
+  {
+    const std::string tmp = a.report + ".tmp";
+    std::ofstream out(tmp);
+    GRADCAM_CHECK(out.good(), "cannot write report '", a.report, "'");
+    out << report.dump(2) << "\n";
+    out.close();
+    std::error_code ec;
+    fs::rename(tmp, a.report, ec);
+    GRADCAM_CHECK(!ec, "cannot write report '", a.report, "': ", ec.message());
+  }
+  auto pct = [](double v) {
+    std::ostringstream o;
+    o << std::fixed << std::setprecision(1) << 100 * v;
+    return o.str();
+  };
+  std::printf("%s at %s, threshold %.2f, %lld images%s\n", a.method.c_str(), layer.c_str(), a.threshold,
+              static_cast<long long>(main.n), g_interrupted ? " (interrupted)" : "");
+  std::printf("| threshold | top-1 cls | top-1 loc | top-5 loc | GT-known loc | mean IoU | pointing |\n");
+  std::printf("| --- | --- | --- | --- | --- | --- | --- |\n");
+  for (const auto& [t, ac] : acc) {
+    if (!a.sweep && t != a.threshold) continue;
+    const auto m = ac.metrics();
+    std::printf("| %.2f%s | %s | %s | %s | %s | %.3f | %s |\n", t, t == a.threshold ? "*" : "", pct(m.top1_cls).c_str(),
+                pct(m.top1_loc).c_str(), pct(m.top5_loc).c_str(), pct(m.gt_known_loc).c_str(), m.mean_iou,
+                pct(m.pointing_game).c_str());
+  }
+  std::printf("(accuracies in %%; %.1f images/s; report: %s)\n", report["images_per_s"].get<double>(), a.report.c_str());
+  if (g_interrupted) return 130;
+  return unreadable > 0 ? 1 : 0;
+}
+
 int run_layers(const Common& c, const std::vector<int>& size, bool as_json) {
   auto module = gradcam::load_model(c.model, c10::Device(c.device));
   const int h = size.size() == 2 ? size[0] : 224, w = size.size() == 2 ? size[1] : 224;
@@ -351,19 +610,34 @@ int main(int argc, char** argv) {
   layers->add_option("--size", size, "input height and width")->expected(2)->check(CLI::PositiveNumber);
   layers->add_flag("--json", layers_json, "print JSON");
 
-  if (argc > 1 && argv[1][0] != '-' && std::string(argv[1]) != "explain" && std::string(argv[1]) != "layers") {
-    std::cerr << "gradcam: unknown command '" << argv[1] << "'; the commands are: explain, layers (see --help)\n";
+  if (argc > 1 && argv[1][0] != '-' && std::string(argv[1]) != "explain" && std::string(argv[1]) != "layers" &&
+      std::string(argv[1]) != "eval-loc") {
+    std::cerr << "gradcam: unknown command '" << argv[1] << "'; the commands are: explain, layers, eval-loc (see --help)\n";
     return 2;
   }
+  EvalArgs ev;
+  auto* eval = app.add_subcommand("eval-loc", "weakly supervised localization accuracy against ground-truth boxes");
+  add_common(eval, ev.common);
+  eval->add_option("--annotations", ev.annotations, "CSV file,label,x0,y0,x1,y1 or a folder of VOC/ImageNet XML files")->required();
+  eval->add_option("--images", ev.images_dir, "image folder (XML annotations; for a CSV, overrides the CSV's folder)");
+  eval->add_option("--report", ev.report, "JSON report to write")->capture_default_str();
+  eval->add_option("--threshold", ev.threshold, "keep map values >= threshold * max")->check(CLI::Range(0.0, 1.0))->capture_default_str();
+  eval->add_flag("--sweep", ev.sweep, "also evaluate thresholds 0.05, 0.10 ... 0.95");
+  eval->add_option("--connectivity", ev.connectivity, "4 or 8")->check(CLI::IsMember({4, 8}))->capture_default_str();
+  eval->add_flag("--largest-by-box-area", ev.by_box_area, "choose the component with the largest box, not the most pixels");
+  eval->add_option("--tolerance", ev.tolerance, "pointing game tolerance in pixels")->check(CLI::NonNegativeNumber)->capture_default_str();
+  eval->add_option("--method", ev.method, "gradcam or counterfactual")->check(CLI::IsMember({"gradcam", "counterfactual"}))->capture_default_str();
+
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
     return app.exit(e);
   }
   try {
-    const Common& c = explain->parsed() ? ex.common : lc;
+    const Common& c = explain->parsed() ? ex.common : eval->parsed() ? ev.common : lc;
     at::set_num_threads(c.threads > 0 ? c.threads : static_cast<int>(std::max(1u, std::thread::hardware_concurrency())));
     if (explain->parsed()) return run_explain(ex);
+    if (eval->parsed()) return run_eval_loc(ev);
     return run_layers(lc, size, layers_json);
   } catch (const gradcam::Error& e) {
     std::cerr << "\ngradcam: error: " << e.what() << "\n";

@@ -1,0 +1,286 @@
+// src/evaluate.cpp: annotation and labels readers, localization metrics.
+#include <gradcam/evaluate.hpp>
+
+#include <algorithm>
+#include <cctype>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+#include <gradcam/error.hpp>
+
+namespace gradcam {
+
+namespace fs = std::filesystem;
+using detail::concat;
+
+namespace {
+
+std::string trim(const std::string& s) {
+  size_t a = 0, b = s.size();
+  while (a < b && std::isspace(static_cast<unsigned char>(s[a]))) ++a;
+  while (b > a && std::isspace(static_cast<unsigned char>(s[b - 1]))) --b;
+  return s.substr(a, b - a);
+}
+
+std::optional<int64_t> parse_int(const std::string& s) {
+  const std::string t = trim(s);
+  if (t.empty()) return std::nullopt;
+  size_t pos = 0;
+  try {
+    const long long v = std::stoll(t, &pos);
+    if (pos != t.size()) {
+      // accept "12.0"-style integers written by some tools
+      const double d = std::stod(t, &pos);
+      if (pos != t.size() || d != static_cast<double>(static_cast<long long>(d))) return std::nullopt;
+      return static_cast<int64_t>(d);
+    }
+    return v;
+  } catch (const std::exception&) {
+    return std::nullopt;
+  }
+}
+
+std::string read_file(const std::string& path, const char* what) {
+  std::error_code ec;
+  GRADCAM_CHECK(fs::is_regular_file(path, ec), what, " '", path, "' does not exist or is not a file");
+  std::ifstream in(path, std::ios::binary);
+  GRADCAM_CHECK(in.good(), "cannot read ", what, " '", path, "'");
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+}  // namespace
+
+Labels Labels::read(const std::string& path) {
+  std::istringstream in(read_file(path, "labels file"));
+  Labels l;
+  std::string line;
+  while (std::getline(in, line)) l.names_.push_back(trim(line));
+  while (!l.names_.empty() && l.names_.back().empty()) l.names_.pop_back();
+  GRADCAM_CHECK(!l.names_.empty(), "labels file '", path, "' is empty");
+  for (size_t i = 0; i < l.names_.size(); ++i) {
+    const std::string& s = l.names_[i];
+    const auto idx = static_cast<int64_t>(i);
+    l.lookup_.emplace(s, idx);
+    const auto sp = s.find(' ');
+    if (sp != std::string::npos) {  // "n01440764 tench, Tinca tinca"
+      l.lookup_.emplace(s.substr(0, sp), idx);
+      l.lookup_.emplace(trim(s.substr(sp + 1)), idx);
+    }
+  }
+  return l;
+}
+
+std::string Labels::name(int64_t index) const {
+  if (index < 0 || index >= static_cast<int64_t>(names_.size())) return std::to_string(index);
+  return names_[static_cast<size_t>(index)];
+}
+
+std::optional<int64_t> Labels::index(const std::string& key) const {
+  auto it = lookup_.find(trim(key));
+  if (it != lookup_.end()) return it->second;
+  if (auto v = parse_int(key); v && *v >= 0 && (names_.empty() || *v < static_cast<int64_t>(names_.size()))) return v;
+  return std::nullopt;
+}
+
+std::vector<Annotation> read_csv_annotations(const std::string& path) {
+  std::istringstream in(read_file(path, "annotations file"));
+  const fs::path base = fs::path(path).parent_path();
+  std::vector<Annotation> out;
+  std::map<std::string, size_t> index;
+  std::string line;
+  int lineno = 0;
+  while (std::getline(in, line)) {
+    ++lineno;
+    const std::string t = trim(line);
+    if (t.empty() || t[0] == '#') continue;
+    std::vector<std::string> f;
+    std::stringstream ss(t);
+    std::string cell;
+    while (std::getline(ss, cell, ',')) f.push_back(trim(cell));
+    if (!t.empty() && t.back() == ',') f.emplace_back();
+    if (lineno == 1 && f.size() == 6 && f[0] == "file") continue;  // header
+    GRADCAM_CHECK(f.size() == 6, path, ":", lineno, ": expected 6 fields file,label,x0,y0,x1,y1, got ",
+                  f.size());
+    GRADCAM_CHECK(!f[0].empty(), path, ":", lineno, ": empty file name");
+    GRADCAM_CHECK(!f[1].empty(), path, ":", lineno, ": empty label");
+    int v[4];
+    for (int k = 0; k < 4; ++k) {
+      auto n = parse_int(f[static_cast<size_t>(2 + k)]);
+      GRADCAM_CHECK(n.has_value(), path, ":", lineno, ": '", f[static_cast<size_t>(2 + k)],
+                    "' is not an integer pixel coordinate");
+      v[k] = static_cast<int>(*n);
+    }
+    GRADCAM_CHECK(v[0] >= 0 && v[1] >= 0 && v[2] >= v[0] && v[3] >= v[1], path, ":", lineno, ": box ",
+                  v[0], ",", v[1], ",", v[2], ",", v[3], " is not x0<=x1, y0<=y1 with non-negative coordinates");
+    const std::string image = fs::path(f[0]).is_absolute() ? f[0] : (base / f[0]).string();
+    auto [it, fresh] = index.emplace(image, out.size());
+    if (fresh) out.push_back({image, {}});
+    Box b;
+    b.x0 = v[0];
+    b.y0 = v[1];
+    b.x1 = v[2];
+    b.y1 = v[3];
+    out[it->second].objects.push_back({f[1], b});
+  }
+  GRADCAM_CHECK(!out.empty(), "annotations file '", path, "' has no rows");
+  return out;
+}
+
+namespace {
+
+/// The text of the first <tag>...</tag> in [from, to) of `xml`; npos-safe.
+struct Found {
+  std::string text;
+  size_t begin = std::string::npos, end = std::string::npos;
+};
+
+Found find_tag(const std::string& xml, const std::string& tag, size_t from, size_t to) {
+  Found f;
+  const std::string open = "<" + tag + ">", close = "</" + tag + ">";
+  const size_t a = xml.find(open, from);
+  if (a == std::string::npos || a >= to) return f;
+  const size_t b = xml.find(close, a + open.size());
+  if (b == std::string::npos || b > to) {
+    f.begin = a;  // opened, never closed
+    return f;
+  }
+  f.text = trim(xml.substr(a + open.size(), b - a - open.size()));
+  f.begin = a;
+  f.end = b + close.size();
+  return f;
+}
+
+int line_of(const std::string& xml, size_t pos) {
+  return 1 + static_cast<int>(std::count(xml.begin(), xml.begin() + static_cast<std::ptrdiff_t>(std::min(pos, xml.size())), '\n'));
+}
+
+}  // namespace
+
+Annotation read_voc_annotation(const std::string& xml_path, const std::string& images_dir) {
+  const std::string xml = read_file(xml_path, "annotation file");
+  GRADCAM_CHECK(xml.find("<annotation") != std::string::npos, xml_path,
+                ":1: not a VOC/ImageNet annotation (no <annotation> element)");
+  Found fn = find_tag(xml, "filename", 0, xml.size());
+  GRADCAM_CHECK(fn.end != std::string::npos && !fn.text.empty(), xml_path, ":",
+                line_of(xml, fn.begin == std::string::npos ? 0 : fn.begin), ": missing or unclosed <filename>");
+  std::string file = fn.text;
+  if (fs::path(file).extension().empty()) file += ".JPEG";
+  Annotation a;
+  a.image = (fs::path(images_dir) / file).string();
+  size_t pos = 0;
+  while (true) {
+    const size_t start = xml.find("<object>", pos);
+    if (start == std::string::npos) break;
+    const size_t stop = xml.find("</object>", start);
+    GRADCAM_CHECK(stop != std::string::npos, xml_path, ":", line_of(xml, start), ": <object> is never closed");
+    Found name = find_tag(xml, "name", start, stop);
+    GRADCAM_CHECK(name.end != std::string::npos && !name.text.empty(), xml_path, ":", line_of(xml, start),
+                  ": <object> without a <name>");
+    Found bb = find_tag(xml, "bndbox", start, stop);
+    GRADCAM_CHECK(bb.end != std::string::npos, xml_path, ":", line_of(xml, start), ": <object> without a <bndbox>");
+    int v[4];
+    const char* tags[4] = {"xmin", "ymin", "xmax", "ymax"};
+    for (int k = 0; k < 4; ++k) {
+      Found c = find_tag(xml, tags[k], bb.begin, bb.end);
+      GRADCAM_CHECK(c.end != std::string::npos, xml_path, ":", line_of(xml, bb.begin), ": <bndbox> without <",
+                    tags[k], ">");
+      auto n = parse_int(c.text);
+      GRADCAM_CHECK(n.has_value(), xml_path, ":", line_of(xml, c.begin), ": <", tags[k], "> '", c.text,
+                    "' is not an integer");
+      v[k] = static_cast<int>(*n) - 1;  // VOC is 1-based
+    }
+    GRADCAM_CHECK(v[2] >= v[0] && v[3] >= v[1] && v[0] >= 0 && v[1] >= 0, xml_path, ":", line_of(xml, bb.begin),
+                  ": box is not xmin<=xmax, ymin<=ymax with coordinates >= 1");
+    Box b;
+    b.x0 = v[0];
+    b.y0 = v[1];
+    b.x1 = v[2];
+    b.y1 = v[3];
+    a.objects.push_back({name.text, b});
+    pos = stop + 9;
+  }
+  GRADCAM_CHECK(!a.objects.empty(), xml_path, ": no <object> with a box");
+  return a;
+}
+
+std::vector<Annotation> read_annotations(const std::string& file_or_dir, const std::string& images_dir) {
+  std::error_code ec;
+  if (fs::is_directory(file_or_dir, ec)) {
+    std::vector<std::string> files;
+    for (const auto& e : fs::directory_iterator(file_or_dir, ec)) {
+      if (e.is_regular_file() && e.path().extension() == ".xml") files.push_back(e.path().string());
+    }
+    std::sort(files.begin(), files.end());
+    GRADCAM_CHECK(!files.empty(), "annotation folder '", file_or_dir, "' has no .xml files");
+    GRADCAM_CHECK(!images_dir.empty(), "XML annotations need --images DIR (the folder of the images)");
+    std::vector<Annotation> out;
+    for (const auto& f : files) out.push_back(read_voc_annotation(f, images_dir));
+    return out;
+  }
+  GRADCAM_CHECK(fs::exists(file_or_dir, ec), "annotations '", file_or_dir, "' do not exist");
+  if (fs::path(file_or_dir).extension() == ".xml") {
+    return {read_voc_annotation(file_or_dir, images_dir.empty() ? fs::path(file_or_dir).parent_path().string() : images_dir)};
+  }
+  auto rows = read_csv_annotations(file_or_dir);
+  if (!images_dir.empty()) {  // --images overrides the CSV's folder for relative paths
+    const fs::path base = fs::path(file_or_dir).parent_path();
+    for (auto& r : rows) {
+      fs::path p(r.image);
+      r.image = (fs::path(images_dir) / fs::relative(p, base.empty() ? fs::path(".") : base)).string();
+    }
+  }
+  return rows;
+}
+
+double best_iou(const std::optional<Box>& box, const std::vector<Box>& truth) {
+  if (!box) return 0.0;
+  double best = 0.0;
+  for (const auto& t : truth) best = std::max(best, iou(*box, t));
+  return best;
+}
+
+void LocAccumulator::add(const LocSample& s) {
+  ++n_;
+  const bool top1_right = !s.predicted.empty() && s.predicted[0] == s.true_class;
+  if (top1_right) {
+    ++top1_cls_;
+    if (!s.boxes.empty() && best_iou(s.boxes[0], s.truth) >= iou_threshold_) ++top1_loc_;
+  }
+  for (size_t k = 0; k < s.predicted.size() && k < 5; ++k) {
+    if (s.predicted[k] == s.true_class && k < s.boxes.size() && best_iou(s.boxes[k], s.truth) >= iou_threshold_) {
+      ++top5_loc_;
+      break;
+    }
+  }
+  const double known_iou = best_iou(s.known_box, s.truth);
+  if (known_iou >= iou_threshold_) ++known_;
+  iou_sum_ += known_iou;
+  if (s.peak) {
+    for (const auto& t : s.truth) {
+      const int x = s.peak->first, y = s.peak->second;
+      if (x >= t.x0 - tolerance_ && x <= t.x1 + tolerance_ && y >= t.y0 - tolerance_ && y <= t.y1 + tolerance_) {
+        ++pointing_;
+        break;
+      }
+    }
+  }
+}
+
+LocMetrics LocAccumulator::metrics() const {
+  LocMetrics m;
+  m.n = n_;
+  if (n_ == 0) return m;
+  const double n = static_cast<double>(n_);
+  m.top1_cls = static_cast<double>(top1_cls_) / n;
+  m.top1_loc = static_cast<double>(top1_loc_) / n;
+  m.top5_loc = static_cast<double>(top5_loc_) / n;
+  m.gt_known_loc = static_cast<double>(known_) / n;
+  m.mean_iou = iou_sum_ / n;
+  m.pointing_game = static_cast<double>(pointing_) / n;
+  return m;
+}
+
+}  // namespace gradcam
