@@ -137,6 +137,7 @@ struct ExplainArgs {
   double alpha = 0.5;
   std::string out = "gradcam_out";
   bool json_lines = false;
+  double threshold = 0.15;
 };
 
 int run_explain(const ExplainArgs& a) {
@@ -247,7 +248,7 @@ int run_explain(const ExplainArgs& a) {
             at::Tensor up = gradcam::upsample(map, {g.input_height, g.input_width});
             gradcam::save_npy(base + "_map_upsampled.npy", up);
             files["map_upsampled"] = base + "_map_upsampled.npy";
-            box = box_json(gradcam::localize(up).front().box, g);
+            box = box_json(gradcam::localize(up, gradcam::LocalizeOptions().threshold(a.threshold)).front().box, g);
           } else {
             at::Tensor grad;
             if (method == "guided") grad = r.guided.at(static_cast<size_t>(rank))[ni];
@@ -258,7 +259,8 @@ int run_explain(const ExplainArgs& a) {
             files["guided"] = base + ".png";
             gradcam::save_npy(base + ".npy", grad);
             files["gradients"] = base + ".npy";
-            box = box_json(gradcam::localize(gradcam::upsample(lm.map[ni][0], {geoms[n].input_height, geoms[n].input_width})).front().box, geoms[n]);
+            box = box_json(gradcam::localize(gradcam::upsample(lm.map[ni][0], {geoms[n].input_height, geoms[n].input_width}),
+                                             gradcam::LocalizeOptions().threshold(a.threshold)).front().box, geoms[n]);
           }
           json rec = {{"image", paths[n]}, {"class", cls}, {"label", cname}, {"rank", rank},
                       {"score", score}, {"prob", probs.defined() ? json(probs[ni][cls].item<double>()) : json(nullptr)},
@@ -601,6 +603,8 @@ int main(int argc, char** argv) {
   explain->add_option("--alpha", ex.alpha, "heatmap opacity over the image")->check(CLI::Range(0.0, 1.0))->capture_default_str();
   explain->add_option("--out", ex.out, "output folder")->capture_default_str();
   explain->add_flag("--json", ex.json_lines, "print one JSON record per image, class and method on stdout");
+  explain->add_option("--threshold", ex.threshold, "localization box: keep map values >= threshold * max")
+      ->check(CLI::Range(0.0, 1.0))->capture_default_str();
 
   Common lc;
   std::vector<int> size;
