@@ -23,9 +23,12 @@ cmake --build $B -j "$(nproc)" --target test_cuda test_gradcam gradcam_bench 2>&
 $PY tests/fixtures/make_fixtures.py $B/tests/fixtures resnet18 vgg16 2>&1 | grep -v Warning | tail -2
 GRADCAM_FIXTURES=$B/tests/fixtures $B/tests/test_cuda 2>&1 | tee "$OUT/test_cuda.txt" | tail -5
 $PY bench/export_model.py $B/resnet50.pt resnet50 2>&1 | tail -1
-run_bench() { $B/gradcam_bench --model $B/resnet50.pt --device cuda --threads 4 --warmup 10 "$@"; }
-run_bench --batch 1 --repeat 50 | tee "$OUT/bench_b1.json"
-run_bench --batch 64 --repeat 10 --no-guided | tee "$OUT/bench_b64.json"
+# DEVICE=cpu QUICK=1 checks every step on a machine without a GPU (tiny batch, few repeats)
+DEVICE=${DEVICE:-cuda}
+if [ "${QUICK:-0}" = 1 ]; then R1=2; R64=1; BIG=4; W=1; else R1=50; R64=10; BIG=64; W=10; fi
+run_bench() { $B/bench/gradcam_bench --model $B/resnet50.pt --device "$DEVICE" --threads 4 --warmup $W "$@"; }
+run_bench --batch 1 --repeat $R1 | tee "$OUT/bench_b1.json"
+run_bench --batch $BIG --repeat $R64 --no-guided | tee "$OUT/bench_b64.json"
 $PY - "$OUT" "$CARD" "$TORCH_VERSION" <<'PYEOF'
 import json, sys
 out, card, tv = sys.argv[1:4]
@@ -35,5 +38,5 @@ print("| row | forward ms | method ms | ratio | images/s |")
 print("| --- | --- | --- | --- | --- |")
 print(f"| Grad-CAM, batch 1 | {b1['forward_ms']:.2f} | {b1['gradcam_ms']:.2f} | {b1['ratio']:.2f} | {b1['gradcam_images_per_s']:.0f} |")
 print(f"| Guided Grad-CAM, batch 1 | {b1['forward_ms']:.2f} | {b1['guided_gradcam_ms']:.2f} | {b1['guided_ratio']:.2f} | |")
-print(f"| Grad-CAM, batch 64 | {b64['forward_ms']:.2f} | {b64['gradcam_ms']:.2f} | {b64['ratio']:.2f} | {b64['gradcam_images_per_s']:.0f} |")
+print(f"| Grad-CAM, batch {b64['batch']} | {b64['forward_ms']:.2f} | {b64['gradcam_ms']:.2f} | {b64['ratio']:.2f} | {b64['gradcam_images_per_s']:.0f} |")
 PYEOF
