@@ -302,3 +302,34 @@ TEST_CASE("eval-loc interrupted with Ctrl-C still leaves a valid report", "[cli]
     CHECK(rep["n"] == 300);
   }
 }
+
+TEST_CASE("hostile input to the command: huge and tiny images, odd folders, unicode paths", "[cli][reliability]") {
+  const std::string dir = tmpdir("hostile") + "/dir with spaces ü";
+  fs::create_directories(dir);
+  const std::string out = dir + "/out ø";
+  cv::imwrite(dir + "/huge.png", cv::Mat(10000, 10000, CV_8UC3, cv::Scalar(40, 40, 40)));
+  cv::imwrite(dir + "/tiny ü.png", cv::Mat(1, 1, CV_8UC3, cv::Scalar(200, 200, 200)));
+  fs::copy_file(demo("images/0003_zero.png"), dir + "/zéro 3.png");
+  std::ofstream(dir + "/notes.txt") << "not an image, skipped by extension";
+  std::ofstream(dir + "/fake.png") << "not a png";
+  Run r = run(cli() + " explain --model " + demo("digits.pt") + " --images '" + dir +
+              "' --resize 64 --crop 64 --json --quiet --out '" + out + "'", true);
+  INFO(r.out);
+  CHECK(r.code == 1);  // the fake PNG could not be read
+  CHECK_THAT(r.out, Contains("fake.png") && Contains("could not be decoded"));
+  CHECK_THAT(r.out, !Contains("notes.txt"));
+  int records = 0;
+  std::stringstream lines(r.out);
+  std::string line;
+  while (std::getline(lines, line)) {
+    if (line.empty() || line[0] != '{') continue;
+    json rec = json::parse(line);
+    ++records;
+    const std::string overlay = rec["files"]["overlay"];
+    cv::Mat img = cv::imread(overlay);
+    REQUIRE_FALSE(img.empty());
+    if (rec["image"].get<std::string>().find("huge") != std::string::npos) CHECK(img.cols == 10000);
+    if (rec["image"].get<std::string>().find("tiny") != std::string::npos) CHECK(img.cols == 1);
+  }
+  CHECK(records == 3);  // huge, tiny, zéro
+}
