@@ -19,6 +19,12 @@ inline std::string fixtures() {
   return dir ? dir : "fixtures";
 }
 
+/// GRADCAM_TEST_QUICK=1 (the sanitizer run) skips the heaviest model cases; every file still runs.
+inline bool quick() {
+  const char* q = std::getenv("GRADCAM_TEST_QUICK");
+  return q != nullptr && std::string(q) == "1";
+}
+
 inline std::string fixture(const std::string& name) { return fixtures() + "/" + name; }
 
 inline torch::jit::Module model(const std::string& name) {

@@ -582,7 +582,8 @@ int run_layers(const Common& c, const std::vector<int>& size, bool as_json) {
 
 }  // namespace
 
-int main(int argc, char** argv) {
+/// The whole command; with parse_only, stops after parsing (the command-line fuzzer uses this).
+int gradcam_main(int argc, char** argv, bool parse_only = false) {
   CLI::App app{"gradcam: Grad-CAM, Guided Grad-CAM and friends for TorchScript models (version " +
                std::string(gradcam::version) + ")"};
   app.require_subcommand(1);
@@ -637,6 +638,7 @@ int main(int argc, char** argv) {
   } catch (const CLI::ParseError& e) {
     return app.exit(e);
   }
+  if (parse_only) return 0;
   try {
     const Common& c = explain->parsed() ? ex.common : eval->parsed() ? ev.common : lc;
     at::set_num_threads(c.threads > 0 ? c.threads : static_cast<int>(std::max(1u, std::thread::hardware_concurrency())));
@@ -651,3 +653,6 @@ int main(int argc, char** argv) {
     return 1;
   }
 }
+#if !defined(GRADCAM_CLI_NO_MAIN)
+int main(int argc, char** argv) { return gradcam_main(argc, argv); }
+#endif

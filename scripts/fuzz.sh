@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Builds the libFuzzer targets with clang (+ AddressSanitizer and UBSan) and runs each for
+# FUZZ_SECONDS (default 60) on a copy of tests/fuzz/corpus/<target>. Fails on any crash.
+#   fuzz_annotations: CSV / XML annotation readers and the labels file
+#   fuzz_cli:         the gradcam command line (parsing only)
+#   fuzz_model:       TorchScript model loading from bytes
+set -euo pipefail
+cd "$(dirname "$0")/.."
+B=${FUZZ_BUILD_DIR:-build-fuzz}
+SECONDS_EACH=${FUZZ_SECONDS:-60}
+if [ ! -f "$B/build.ninja" ]; then
+  CC=clang CXX=clang++ cmake -S . -B "$B" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DGRADCAM_FUZZ=ON \
+    -DGRADCAM_BUILD_TESTS=OFF -DGRADCAM_BUILD_EXAMPLES=OFF -DGRADCAM_BUILD_BENCH=OFF -DGRADCAM_INSTALL=OFF
+fi
+cmake --build "$B" -j "$(nproc)" --target fuzz_annotations fuzz_cli fuzz_model
+export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=0:allocator_may_return_null=1:quarantine_size_mb=64}
+export UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}
+for t in annotations cli model; do
+  work=$(mktemp -d)
+  cp -r tests/fuzz/corpus/$t/. "$work/"
+  echo "== fuzz_$t for ${SECONDS_EACH}s"
+  "$B/tests/fuzz/fuzz_$t" -max_total_time="$SECONDS_EACH" -max_len=65536 -rss_limit_mb=8192 \
+    -print_final_stats=1 "$work" 2>&1 | grep -E "^(#[0-9]+.*DONE|Done|stat::number_of_executed_units|==[0-9]+==ERROR|SUMMARY|INFO: Seed)" || true
+  test "${PIPESTATUS[0]}" -eq 0 || { echo "fuzz_$t found a crash"; exit 1; }
+  rm -rf "$work"
+done

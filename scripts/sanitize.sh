@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Builds the library, the command and every test with AddressSanitizer + UndefinedBehaviorSanitizer
+# and runs the whole test suite under them (GRADCAM_TEST_QUICK=1: the reference tests use
+# resnet18 and mobilenet_v2 only; every test file runs). Suppressions: tests/sanitizer/.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+B=${ASAN_BUILD_DIR:-build-asan}
+FIXTURES=${GRADCAM_FIXTURE_DIR:-$PWD/build/tests/fixtures}
+if [ ! -f "$B/build.ninja" ]; then
+  cmake -S . -B "$B" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DGRADCAM_SANITIZE=ON -DGRADCAM_PCH=OFF \
+    -DGRADCAM_BUILD_BENCH=OFF -DGRADCAM_FIXTURE_DIR="$FIXTURES"
+fi
+cmake --build "$B" -j "$(nproc)"
+S=$PWD/tests/sanitizer
+ASAN_BASE="detect_leaks=1:detect_odr_violation=0:suppressions=$S/asan.supp:halt_on_error=1"
+export LSAN_OPTIONS="suppressions=$S/lsan.supp:print_suppressions=0"
+export UBSAN_OPTIONS="suppressions=$S/ubsan.supp:print_stacktrace=1:halt_on_error=1"
+export GRADCAM_TEST_QUICK=1
+# test_errors loads corrupt models on purpose; LibTorch leaks on that path (see lsan.supp), and
+# matching the suppression needs full (slow) stack unwinding on malloc: only for that test.
+ASAN_OPTIONS="$ASAN_BASE" ctest --test-dir "$B" --output-on-failure -E '^test_errors$'
+ASAN_OPTIONS="$ASAN_BASE:fast_unwind_on_malloc=0" ctest --test-dir "$B" --output-on-failure -R '^test_errors$'
+
