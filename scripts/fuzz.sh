@@ -19,8 +19,15 @@ for t in annotations cli model; do
   work=$(mktemp -d)
   cp -r tests/fuzz/corpus/$t/. "$work/"
   echo "== fuzz_$t for ${SECONDS_EACH}s"
+  rc=0
   "$B/tests/fuzz/fuzz_$t" -max_total_time="$SECONDS_EACH" -max_len=65536 -rss_limit_mb=8192 \
-    -print_final_stats=1 -artifact_prefix="$work/" "$work" 2>&1 | grep -E "^(#[0-9]+.*DONE|Done|stat::number_of_executed_units|==[0-9]+==ERROR|SUMMARY|INFO: Seed)" || true
-  test "${PIPESTATUS[0]}" -eq 0 || { echo "fuzz_$t found a crash; artifacts:"; ls -la "$work" | grep -E "crash-|oom-|timeout-|leak-"; exit 1; }
+    -print_final_stats=1 -artifact_prefix="$work/" "$work" > "$work/log" 2>&1 || rc=$?
+  grep -E "^(#[0-9]+.*DONE|Done|stat::number_of_executed_units|INFO: Seed)" "$work/log" || true
+  if [ "$rc" -ne 0 ]; then
+    echo "fuzz_$t failed (exit $rc):"
+    tail -60 "$work/log"
+    ls -la "$work" | grep -E "crash-|oom-|timeout-|leak-" || true
+    exit 1
+  fi
   rm -rf "$work"
 done
