@@ -115,6 +115,35 @@ at::Tensor logits_of(const c10::IValue& out) {
               ", not class scores; use Target::score to choose what to explain"));
 }
 
+/// The output without its autograd history: a result must not keep the call's graph (memory,
+/// and the guided ops' pointers to the call's context) alive.
+c10::IValue detached(const c10::IValue& v) {
+  if (v.isTensor()) return v.toTensor().detach();
+  if (v.isTuple()) {
+    std::vector<c10::IValue> items;
+    for (const auto& e : v.toTuple()->elements()) items.push_back(detached(e));
+    return c10::ivalue::Tuple::create(std::move(items));
+  }
+  if (v.isTensorList()) {
+    c10::List<at::Tensor> out;
+    for (const at::Tensor& t : v.toTensorList()) out.push_back(t.detach());
+    return out;
+  }
+  if (v.isGenericDict()) {
+    auto in = v.toGenericDict();
+    c10::impl::GenericDict out(in.keyType(), in.valueType());
+    for (const auto& kv : in) out.insert(kv.key(), detached(kv.value()));
+    return out;
+  }
+  if (v.isList()) {
+    auto in = v.toList();
+    c10::impl::GenericList out(in.elementType());
+    for (const auto& e : in) out.push_back(detached(e));
+    return out;
+  }
+  return v;
+}
+
 /// Scores to explain: per rank, a [N] tensor; and the class explained per sample and rank.
 struct Scores {
   std::vector<at::Tensor> per_rank;
@@ -256,7 +285,7 @@ GradCAMResult GradCAM::compute(const at::Tensor& input_, const Target& target) c
   }
 
   GradCAMResult result;
-  result.output = std::make_shared<const c10::IValue>(out);
+  result.output = std::make_shared<const c10::IValue>(detached(out));
   result.classes = scores.classes;
   result.logits = scores.logits;
   {

@@ -267,7 +267,14 @@ TEST_CASE("a dict output explains its 'out' entry", "[gradcam]") {
   at::manual_seed(0);
   auto r = cam.compute(at::randn({2, 3, 8, 8}));
   CHECK(r.logits.sizes() == at::IntArrayRef({2, 4}));
-  CHECK(r.output->isGenericDict());
+  REQUIRE(r.output->isGenericDict());
+  // the result keeps no autograd history of the call
+  for (const auto& kv : r.output->toGenericDict()) CHECK_FALSE(kv.value().toTensor().requires_grad());
+  auto guided = gradcam::GradCAM(module, gradcam::GradCAMOptions("stem").guided(gradcam::GuidedMode::guided))
+                    .compute(at::randn({1, 3, 8, 8}));
+  for (const auto& kv : guided.output->toGenericDict()) CHECK_FALSE(kv.value().toTensor().requires_grad());
+  CHECK_FALSE(guided.guided[0].requires_grad());
+  CHECK_FALSE(guided.maps[0].guided_gradcam.requires_grad());
 }
 
 TEST_CASE("the user's module is left exactly as it was", "[gradcam][reliability]") {

@@ -179,7 +179,7 @@ int run_explain(const ExplainArgs& a) {
                            : !a.classes.empty() ? gradcam::Target::classes(a.classes)
                                                 : gradcam::Target::top1();
   const auto pre = preprocess_of(a.common);
-  std::ofstream records((fs::path(a.out) / "records.jsonl").string(), std::ios::app);
+  std::ofstream records((fs::path(a.out) / "records.jsonl").string(), std::ios::trunc);
   GRADCAM_CHECK(records.good(), "cannot write records in '", a.out, "'");
 
   Progress progress(images.size(), !a.common.quiet);
