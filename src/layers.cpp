@@ -94,4 +94,9 @@ LayerListing list_layers(const torch::jit::Module& module, const at::Tensor& exa
   return detail::probe_layers(module, example_input);
 }
 
+LayerListing list_layers(const torch::jit::Module& module, std::vector<int64_t> shape) {
+  GRADCAM_CHECK(!shape.empty(), "list_layers needs an input shape");
+  return detail::probe_layers(module, at::Tensor(), std::move(shape));
+}
+
 }  // namespace gradcam

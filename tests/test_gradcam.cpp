@@ -177,6 +177,11 @@ TEST_CASE("list_layers reports shapes and call counts", "[layers]") {
   // resnet's BasicBlock calls its ReLU module twice
   CHECK(find("layer1.0.relu").calls == 2);
   CHECK(listing.layers.front().name == "conv1");
+  // by shape: -1 channels are read from the model's first convolution
+  auto by_shape = gradcam::list_layers(module, std::vector<int64_t>{2, -1, 64, 64});
+  CHECK(by_shape.auto_layer == listing.auto_layer);
+  CHECK(by_shape.layers.size() == listing.layers.size());
+  CHECK(by_shape.layers.front().shape == listing.layers.front().shape);
 
   auto toy = test::model("toy_trace");
   auto tl = gradcam::list_layers(toy, at::zeros({1, 3, 16, 16}));

@@ -40,4 +40,8 @@ struct LayerListing {
 /// Lists every layer with its output shape for `example_input` ([N,C,H,W]).
 LayerListing list_layers(const torch::jit::Module& module, const at::Tensor& example_input);
 
+/// The same for a zero input of `shape`; -1 entries are filled from the model (channels, from its
+/// first convolution) or with 224.
+LayerListing list_layers(const torch::jit::Module& module, std::vector<int64_t> shape);
+
 }  // namespace gradcam

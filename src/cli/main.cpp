@@ -346,12 +346,12 @@ int run_eval_loc(const EvalArgs& a) {
       try {
         Item it;
         it.index = i;
-        auto cls = labels.size() ? labels.index(ann.objects.front().label) : gradcam::Labels().index(ann.objects.front().label);
+        auto cls = labels.index(ann.objects.front().label);  // no labels file: indices
         GRADCAM_CHECK(cls.has_value(), "label '", ann.objects.front().label, "' of ", ann.image,
                       " is not in the labels file", a.common.labels.empty() ? " (give --labels FILE)" : "");
         it.true_class = *cls;
         for (const auto& o : ann.objects) {
-          auto oc = labels.size() ? labels.index(o.label) : gradcam::Labels().index(o.label);
+          auto oc = labels.index(o.label);
           if (oc && *oc == it.true_class) it.truth.push_back(o.box);
         }
         it.image = gradcam::load_image(ann.image);
@@ -541,18 +541,8 @@ int run_eval_loc(const EvalArgs& a) {
 int run_layers(const Common& c, const std::vector<int>& size, bool as_json) {
   auto module = gradcam::load_model(c.model, c10::Device(c.device));
   const int h = size.size() == 2 ? size[0] : 224, w = size.size() == 2 ? size[1] : 224;
-  // channels from a first try with 3; a 1-channel model reports its need in the error
-  auto listing = [&] {
-    try {
-      return gradcam::list_layers(module, at::zeros({1, 3, h, w}, at::TensorOptions().device(c10::Device(c.device))));
-    } catch (const gradcam::Error& e) {
-      const std::string msg = e.what();
-      auto pos = msg.find("first convolution expects ");
-      if (pos == std::string::npos) throw;
-      const int ch = std::stoi(msg.substr(pos + 26));
-      return gradcam::list_layers(module, at::zeros({1, ch, h, w}, at::TensorOptions().device(c10::Device(c.device))));
-    }
-  }();
+  // channels (-1) come from the model's first convolution
+  auto listing = gradcam::list_layers(module, std::vector<int64_t>{1, -1, h, w});
   auto shape = [](const std::vector<int64_t>& s) {
     std::string out = "[";
     for (size_t i = 0; i < s.size(); ++i) out += (i ? ", " : "") + std::to_string(s[i]);
