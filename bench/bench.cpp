@@ -3,10 +3,14 @@
 //
 //   gradcam_bench --model resnet50.pt [--layer layer4] [--batch 1] [--size 224] [--threads 2]
 //                 [--repeat 20] [--warmup 3] [--device cpu|cuda] [--no-guided]
+//                 [--methods all|gradcam++,scorecam,...] [--perturbation-batch 64]
 //
 // forward_ms: module.forward under torch::NoGradGuard (the user's own module, as an application
 // would run it). gradcam_ms: GradCAM::compute (forward, partial backward to the layer, map).
 // guided_gradcam_ms: GradCAM::compute with GuidedMode::guided (one forward, two backward passes).
+// --methods adds one row per CAM method (GradCAM with that method alone; Score-CAM and Ablation-CAM
+// are timed once, they run one forward pass per channel), each with its own interleaved forward
+// baseline, and a row for all gradient methods computed together from one forward pass.
 // Uses only the public API.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -36,12 +40,15 @@ struct Args {
   int warmup = 3;
   std::string device = "cpu";
   bool guided = true;
+  std::vector<std::string> methods;
+  int64_t perturbation_batch = 64;
 };
 
 [[noreturn]] void usage(const std::string& why) {
   std::cerr << "gradcam_bench: " << why
             << "\nusage: gradcam_bench --model PATH [--layer NAME] [--batch N] [--size S] "
-               "[--threads T] [--repeat R] [--warmup W] [--device cpu|cuda] [--no-guided]\n";
+               "[--threads T] [--repeat R] [--warmup W] [--device cpu|cuda] [--no-guided]\n"
+               "       [--methods all|NAME,NAME...] [--perturbation-batch B]\n";
   std::exit(2);
 }
 
@@ -69,6 +76,19 @@ Args parse(int argc, char** argv) {
     else if (k == "--warmup") a.warmup = static_cast<int>(number());
     else if (k == "--device") a.device = value();
     else if (k == "--no-guided") a.guided = false;
+    else if (k == "--perturbation-batch") a.perturbation_batch = number();
+    else if (k == "--methods") {
+      std::string v = value();
+      if (v == "all") {
+        for (auto m : gradcam::all_methods()) a.methods.emplace_back(gradcam::method_name(m));
+      } else {
+        for (size_t pos = 0; pos <= v.size();) {
+          const size_t comma = std::min(v.find(',', pos), v.size());
+          a.methods.push_back(v.substr(pos, comma - pos));
+          pos = comma + 1;
+        }
+      }
+    }
     else usage("unknown argument '" + k + "'");
   }
   if (a.model.empty()) usage("--model is required");
@@ -132,6 +152,40 @@ int main(int argc, char** argv) try {
   if (args.guided) {
     const double gg = median(tgg);
     std::printf(", \"guided_gradcam_ms\": %.3f, \"guided_ratio\": %.3f", gg, gg / f);
+  }
+  if (!args.methods.empty()) {
+    std::printf(", \"methods\": {");
+    std::vector<std::pair<std::string, std::vector<gradcam::Method>>> rows;
+    for (const auto& name : args.methods) rows.push_back({name, {gradcam::method_from_name(name)}});
+    std::vector<gradcam::Method> gradient;
+    for (auto m : gradcam::all_methods())
+      if (gradcam::uses_gradients(m)) gradient.push_back(m);
+    rows.push_back({"all_gradient_methods", gradient});
+    bool first = true;
+    for (const auto& [name, methods] : rows) {
+      const bool perturbation = std::any_of(methods.begin(), methods.end(), [](gradcam::Method m) {
+        return m == gradcam::Method::scorecam || m == gradcam::Method::ablationcam;
+      });
+      gradcam::GradCAM e(module, gradcam::GradCAMOptions(args.layer).methods(methods)
+                                     .perturbation_batch(args.perturbation_batch));
+      auto call = [&] { (void)e.compute(x); };
+      const int reps = perturbation ? 1 : args.repeat;
+      if (!perturbation) {
+        for (int i = 0; i < args.warmup; ++i) call();
+      }
+      std::vector<double> mf, mm;
+      for (int i = 0; i < reps; ++i) {
+        mf.push_back(time_ms(forward));
+        mm.push_back(time_ms(call));
+        if (perturbation) mf.push_back(time_ms(forward));
+      }
+      const double bf = median(mf), bm = median(mm);
+      std::printf("%s\"%s\": {\"ms\": %.3f, \"forward_ms\": %.3f, \"ratio\": %.3f}", first ? "" : ", ",
+                  name.c_str(), bm, bf, bm / bf);
+      std::fflush(stdout);
+      first = false;
+    }
+    std::printf("}");
   }
   std::printf("}\n");
   return 0;

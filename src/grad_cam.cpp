@@ -11,6 +11,7 @@
 #include <gradcam/error.hpp>
 
 #include "graph.hpp"
+#include "methods.hpp"
 
 namespace gradcam {
 
@@ -41,16 +42,18 @@ Target Target::score(ScoreFn fn) {
   return t;
 }
 
-const LayerMap& GradCAMResult::get(const std::string& layer, int64_t rank, int64_t call) const {
+const LayerMap& GradCAMResult::get(const std::string& layer, int64_t rank, int64_t call,
+                                   Method method) const {
   for (const auto& m : maps) {
-    if (m.layer == layer && m.rank == rank && m.call == call) return m;
+    if (m.layer == layer && m.rank == rank && m.call == call && m.method == method) return m;
   }
   std::string have;
   for (const auto& m : maps) {
-    have += concat(have.empty() ? "" : ", ", m.layer, " (rank ", m.rank, ", call ", m.call, ")");
+    have += concat(have.empty() ? "" : ", ", m.layer, " (", method_name(m.method), ", rank ",
+                   m.rank, ", call ", m.call, ")");
   }
-  fail(concat("no map for layer '", layer, "' rank ", rank, " call ", call, "; the result has: ",
-              have));
+  fail(concat("no ", method_name(method), " map for layer '", layer, "' rank ", rank, " call ",
+              call, "; the result has: ", have));
 }
 
 namespace detail {
@@ -88,10 +91,6 @@ void check_input(const Forward& forward, const at::Tensor& input) {
                 " (shape ", shape_str(input.sizes()), ")");
 }
 
-}  // namespace detail
-
-namespace {
-
 at::Tensor logits_of(const c10::IValue& out) {
   if (out.isTensor()) return out.toTensor();
   if (out.isTuple()) {
@@ -114,6 +113,12 @@ at::Tensor logits_of(const c10::IValue& out) {
   fail(concat("the model returns ", out.tagKind(),
               ", not class scores; use Target::score to choose what to explain"));
 }
+
+}  // namespace detail
+
+namespace {
+
+using detail::logits_of;
 
 /// The output without its autograd history: a result must not keep the call's graph (memory,
 /// and the guided ops' pointers to the call's context) alive.
@@ -203,6 +208,19 @@ struct GradCAM::Impl {
   Impl(const torch::jit::Module& m, GradCAMOptions opts) : options(std::move(opts)), module(m) {
     GRADCAM_CHECK(!options.layers().empty() || options.guided() != GuidedMode::none,
                   "GradCAMOptions names no layer");
+    GRADCAM_CHECK(!options.methods().empty() || options.layers().empty(),
+                  "GradCAMOptions::methods is empty; name at least one method (e.g. Method::gradcam)");
+    GRADCAM_CHECK(options.perturbation_batch() >= 1, "perturbation_batch must be >= 1, got ",
+                  options.perturbation_batch());
+    for (size_t i = 0; i < options.methods().size(); ++i) {
+      const Method m = options.methods()[i];
+      GRADCAM_CHECK(!options.counterfactual() || uses_gradients(m), "counterfactual maps come from "
+                    "negated gradients; method '", method_name(m), "' does not use gradients (use "
+                    "gradcam, gradcam++, xgradcam, hirescam or layercam)");
+      for (size_t j = 0; j < i; ++j) {
+        GRADCAM_CHECK(options.methods()[j] != m, "method '", method_name(m), "' is listed twice");
+      }
+    }
     if (options.device()) {
       const c10::Device device = *options.device();
       GRADCAM_CHECK(!device.is_cuda() || at::hasCUDA(), "device '", device.str(),
@@ -255,8 +273,20 @@ GradCAMResult GradCAM::compute(const at::Tensor& input_, const Target& target) c
   }
   const GuidedMode guided = impl.options.guided();
   const int64_t n = input.size(0);
+  const std::vector<Method>& methods = impl.options.methods();
+  const bool any_layer = !impl.layers.empty();
+  const bool layer_gradients =
+      any_layer && std::any_of(methods.begin(), methods.end(), uses_gradients);
+  const bool perturbation = any_layer && std::any_of(methods.begin(), methods.end(), [](Method m) {
+                              return m == Method::scorecam || m == Method::ablationcam;
+                            });
+  GRADCAM_CHECK(!perturbation || target.kind() != Target::Kind::score,
+                "Score-CAM and Ablation-CAM explain class targets (top-k or classes); a "
+                "Target::score function cannot be evaluated on their perturbed batches");
+  // Without gradient methods or guided gradients no backward pass runs: record no graph.
+  const bool need_backward = layer_gradients || guided != GuidedMode::none;
 
-  c10::AutoGradMode grad_on(true);
+  c10::AutoGradMode grad_on(need_backward);
   if (guided != GuidedMode::none) input.requires_grad_(true);
 
   detail::CaptureContext ctx(impl.forward->slots());
@@ -279,7 +309,10 @@ GradCAMResult GradCAM::compute(const at::Tensor& input_, const Target& target) c
     GRADCAM_CHECK(!ctx.captures[slot].empty(), "layer '", impl.layers[slot],
                   "' was not reached by this forward pass (it is inside a branch not taken)");
     for (size_t call = 0; call < ctx.captures[slot].size(); ++call) {
-      leaves.push_back(ctx.captures[slot][call]);
+      const at::Tensor& a = ctx.captures[slot][call];
+      GRADCAM_CHECK(a.dim() >= 3, "layer '", impl.layers[slot], "' outputs shape ",
+                    shape_str(a.sizes()), "; CAM methods need spatial dimensions [N, C, h, w]");
+      leaves.push_back(a);
       where.emplace_back(slot, static_cast<int64_t>(call));
     }
   }
@@ -296,47 +329,98 @@ GradCAMResult GradCAM::compute(const at::Tensor& input_, const Target& target) c
   result.untouched_activations = impl.forward->untouched_activations();
   result.replaced_activations = impl.forward->replaced_activations();
 
+  // Work shared by every rank: the perturbation methods' logits per leaf, CAM's linear head,
+  // EigenCAM (class-agnostic).
+  std::vector<std::vector<at::Tensor>> perturbed(leaves.size());
+  std::vector<detail::Weighted> eigen(leaves.size());
+  std::optional<detail::LinearHead> head;
+  for (size_t i = 0; i < leaves.size(); ++i) {
+    const at::Tensor a = leaves[i].detach();
+    for (Method m : methods) {
+      if (m == Method::scorecam || m == Method::ablationcam) {
+        perturbed[i].push_back(detail::perturbed_logits(m, *impl.forward, input.detach(), a,
+                                                        where[i].first, where[i].second,
+                                                        impl.options.perturbation_batch()));
+      } else if (m == Method::eigencam) {
+        eigen[i] = detail::eigen_cam(a);
+      } else if (m == Method::cam && !head) {
+        GRADCAM_CHECK(scores.logits.defined(), "CAM explains class targets, not a Target::score");
+        head = detail::find_linear_head(impl.module, impl.options.cam_linear(), a.size(1),
+                                        scores.logits.size(1));
+      }
+    }
+  }
+
   const std::vector<int64_t> input_hw = {input.size(2), input.size(3)};
   for (int64_t r = 0; r < ranks; ++r) {
     const at::Tensor score = scores.per_rank[static_cast<size_t>(r)].sum();
     const bool last = r + 1 == ranks;
-    GRADCAM_CHECK(score.requires_grad(), "the target score does not depend on ",
-                  leaves.empty() ? std::string("the input")
-                                 : concat("layer '", impl.layers.front(), "'"),
-                  ": no gradient can flow back from it");
+    if (need_backward) {
+      GRADCAM_CHECK(score.requires_grad(), "the target score does not depend on ",
+                    leaves.empty() ? std::string("the input")
+                                   : concat("layer '", impl.layers.front(), "'"),
+                    ": no gradient can flow back from it");
+    }
     const size_t first_map = result.maps.size();
-    if (!leaves.empty()) {
+    std::vector<at::Tensor> grads(leaves.size());
+    if (layer_gradients) {
       ctx.backward_mode = 0;
-      auto grads = torch::autograd::grad({score}, leaves, {}, guided != GuidedMode::none || !last,
-                                         false, /*allow_unused=*/true);
-      for (size_t i = 0; i < leaves.size(); ++i) {
-        const std::string& layer = impl.layers[where[i].first];
-        const at::Tensor& g = grads[i];
+      auto g = torch::autograd::grad({score}, leaves, {}, guided != GuidedMode::none || !last,
+                                     false, /*allow_unused=*/true);
+      grads.assign(g.begin(), g.end());
+    }
+    const at::Tensor classes_r = scores.classes.narrow(1, r, 1).squeeze(1);
+    for (size_t i = 0; i < leaves.size(); ++i) {
+      const std::string& layer = impl.layers[where[i].first];
+      const at::Tensor a = leaves[i].detach();
+      at::Tensor g = grads[i];
+      if (layer_gradients) {
         GRADCAM_CHECK(g.defined(), "the target score does not depend on layer '", layer,
                       "' (call ", where[i].second,
                       "): no gradient reaches it, so its map would be blank; choose a layer the "
                       "score is computed from");
-        const at::Tensor a = leaves[i].detach();
-        GRADCAM_CHECK(a.dim() >= 3, "layer '", layer, "' outputs shape ", shape_str(a.sizes()),
-                      "; Grad-CAM needs spatial dimensions [N, C, h, w]");
         GRADCAM_CHECK(g.ne(0).any().item<bool>(), "the gradient of the target score with respect "
                       "to layer '", layer, "' is zero everywhere, so its map would be blank");
-        std::vector<int64_t> spatial;
-        for (int64_t d = 2; d < a.dim(); ++d) spatial.push_back(d);
-        at::Tensor w = g.mean(spatial);
-        if (impl.options.counterfactual()) w = w.neg();
-        std::vector<int64_t> wshape = {a.size(0), a.size(1)};
-        wshape.resize(static_cast<size_t>(a.dim()), 1);
-        at::Tensor signed_map = (w.view(wshape) * a).sum(1, /*keepdim=*/true);
+        if (impl.options.counterfactual()) g = g.neg();
+      }
+      size_t next_perturbed = 0;
+      for (Method method : methods) {
+        detail::Weighted w;
+        if (uses_gradients(method)) {
+          w = detail::gradient_method(method, a, g);
+        } else if (method == Method::eigencam) {
+          w = eigen[i];
+        } else if (method == Method::cam) {
+          w = detail::class_activation_map(*head, a, classes_r, scores.logits, layer);
+        } else {
+          // [N,K]: the explained class's logit for each perturbed input.
+          const at::Tensor& all = perturbed[i][next_perturbed++];
+          const at::Tensor y = all.gather(2, classes_r.view({n, 1, 1}).expand({n, all.size(1), 1}))
+                                   .squeeze(2)
+                                   .to(a.scalar_type());
+          if (method == Method::scorecam) {
+            w.weights = at::softmax(y, 1);
+          } else {
+            const at::Tensor base = scores.per_rank[static_cast<size_t>(r)].detach()
+                                        .to(a.scalar_type()).view({n, 1});
+            const at::Tensor drop = base - y;
+            w.weights = at::where(base != 0, drop / at::where(base != 0, base, at::ones_like(base)),
+                                  drop);
+          }
+          std::vector<int64_t> shape = {n, a.size(1)};
+          shape.resize(static_cast<size_t>(a.dim()), 1);
+          w.signed_map = (w.weights.view(shape) * a).sum(1, /*keepdim=*/true);
+        }
         LayerMap m;
+        m.method = method;
         m.layer = layer;
         m.call = where[i].second;
         m.rank = r;
-        m.map = at::relu(signed_map);
-        if (impl.options.keep_signed()) m.map_signed = signed_map;
-        if (impl.options.keep_weights()) m.weights = w;
+        m.map = at::relu(w.signed_map);
+        if (impl.options.keep_signed()) m.map_signed = w.signed_map;
+        if (impl.options.keep_weights()) m.weights = w.weights;
         if (impl.options.keep_activations()) m.activations = a;
-        if (impl.options.keep_gradients()) m.gradients = g;
+        if (impl.options.keep_gradients() && g.defined()) m.gradients = g;
         result.maps.push_back(std::move(m));
       }
     }
@@ -354,6 +438,20 @@ GradCAMResult GradCAM::compute(const at::Tensor& input_, const Target& target) c
     }
   }
   return result;
+}
+
+at::Tensor fuse(const std::vector<at::Tensor>& maps, Fusion fusion, std::vector<int64_t> size) {
+  GRADCAM_CHECK(!maps.empty(), "fuse needs at least one map");
+  std::vector<at::Tensor> up;
+  for (const auto& m : maps) {
+    GRADCAM_CHECK(m.defined() && m.dim() == 4 && m.size(1) == 1, "fuse needs maps [N,1,h,w]",
+                  m.defined() ? concat(", got shape ", shape_str(m.sizes())) : std::string());
+    GRADCAM_CHECK(m.size(0) == maps.front().size(0), "fuse: maps of batch ", m.size(0), " and ",
+                  maps.front().size(0), " cannot be combined");
+    up.push_back(normalize(upsample(m.to(maps.front().scalar_type()), size)));
+  }
+  at::Tensor all = at::stack(up, 0);
+  return fusion == Fusion::mean ? all.mean(0) : std::get<0>(all.max(0));
 }
 
 at::Tensor upsample(const at::Tensor& map, std::vector<int64_t> size) {

@@ -34,7 +34,10 @@ namespace gradcam::detail {
 /// Per-call state shared by the capture and guided ops of one forward/backward. Installed as a
 /// thread-local for the duration of Forward::run (the interpreter runs ops on the calling thread).
 struct CaptureContext {
-  enum class Mode { leaf, probe };
+  /// leaf: record A as an autograd leaf (Grad-CAM); probe: record shapes (layer listing);
+  /// perturb: record nothing but the call count, and scale one capture's channels by
+  /// `ablate_mask` (Ablation-CAM) when ablate_slot / ablate_call name it.
+  enum class Mode { leaf, probe, perturb };
   explicit CaptureContext(size_t slots, Mode m = Mode::leaf) : mode(m), captures(slots) {}
   Mode mode;
   /// captures[slot][call]: in leaf mode the leaf tensor A that requires grad; in probe mode the
@@ -44,6 +47,11 @@ struct CaptureContext {
   std::vector<std::vector<std::vector<int64_t>>> shapes;
   /// Probe mode: the slot of every capture, in the order the forward pass produced them.
   std::vector<size_t> order;
+  /// Perturb mode: the (slot, call) whose output is multiplied by ablate_mask [N,K] (broadcast over
+  /// the spatial dimensions); -1 for none.
+  int64_t ablate_slot = -1;
+  int64_t ablate_call = -1;
+  at::Tensor ablate_mask;
   /// How gradcam::guided_act back-propagates right now (read during backward).
   std::atomic<int> backward_mode{0};  // 0 ordinary, 1 guided, 2 deconvnet
 };

@@ -333,3 +333,84 @@ TEST_CASE("hostile input to the command: huge and tiny images, odd folders, unic
   }
   CHECK(records == 3);  // huge, tiny, zéro
 }
+
+TEST_CASE("explain: CAM methods and fused layers", "[cli][methods]") {
+  const std::string dir = tmpdir("methods");
+  const std::string img = demo("test/0002_five.png");
+  Run r = run(cli() + " explain --model " + demo("digits.pt") + " --image " + img +
+              " --resize 0 --crop 0 --class 3 --quiet --layers block2 block3 --fuse max --method gradcam++ eigencam --out " + dir);
+  INFO(r.out);
+  REQUIRE(r.code == 0);
+  const std::string stem = fs::path(img).stem().string();
+  const at::Tensor fused = read_npy(dir + "/" + stem + "_c3_gradcam++_fused_map.npy");
+  CHECK(fs::exists(dir + "/" + stem + "_c3_eigencam_fused.png"));
+  // the same fusion through the library
+  auto module = gradcam::load_model(demo("digits.pt"));
+  gradcam::Geometry g;
+  const at::Tensor x = gradcam::to_tensor(gradcam::load_image(img), gradcam::Preprocess().resize(0).crop(0), &g);
+  gradcam::GradCAM cam(module, gradcam::GradCAMOptions(std::vector<std::string>{"block2", "block3"})
+                                   .methods({gradcam::Method::gradcam_pp}));
+  const auto res = cam.compute(x, gradcam::Target::classes({3}));
+  const at::Tensor want = gradcam::fuse({res.get("block2", 0, 0, gradcam::Method::gradcam_pp).map,
+                                         res.get("block3", 0, 0, gradcam::Method::gradcam_pp).map},
+                                        gradcam::Fusion::max, {x.size(2), x.size(3)})[0][0];
+  REQUIRE(fused.sizes() == want.sizes());
+  CHECK(test::rel_err(fused, want) < 1e-5);
+  // several layers without --fuse: one output per layer
+  r = run(cli() + " explain --model " + demo("digits.pt") + " --image " + img +
+          " --resize 0 --crop 0 --class 3 --quiet --layers block2 block3 --method layercam --out " + dir);
+  CHECK(r.code == 0);
+  CHECK(fs::exists(dir + "/" + stem + "_c3_layercam_block2.png"));
+  CHECK(fs::exists(dir + "/" + stem + "_c3_layercam_block3.png"));
+  r = run(cli() + " explain --model " + demo("digits.pt") + " --image " + img + " --fuse mean --out " + dir);
+  CHECK(r.code != 0);
+  CHECK_THAT(r.out, Contains("--fuse combines several layers"));
+  r = run(cli() + " explain --model " + demo("digits.pt") + " --image " + img + " --method smoothgrad --out " + dir);
+  CHECK(r.code != 0);
+  CHECK_THAT(r.out, Contains("smoothgrad"));
+}
+
+TEST_CASE("eval-faith: report figures equal the library's metrics", "[cli][faithfulness]") {
+  const std::string dir = tmpdir("faith");
+  const std::string report = dir + "/faith.json";
+  Run r = run(cli() + " eval-faith --model " + demo("digits.pt") + " --annotations " + demo("test/annotations.csv") +
+              " --labels " + demo("labels.txt") + " --resize 0 --crop 0 --limit 5 --batch 2 --quiet --steps 10" +
+              " --method gradcam scorecam guided --metrics deletion drop road --sanity 2 --report " + report);
+  INFO(r.out);
+  REQUIRE(r.code == 0);
+  CHECK_THAT(r.out, Contains("| gradcam |") && Contains("| scorecam |") && Contains("| guided |"));
+  std::ifstream in(report);
+  const json rep = json::parse(in);
+  CHECK(rep["images"] == 5);
+  CHECK(rep["explained"] == "true class");
+  for (const char* m : {"gradcam", "scorecam", "guided"}) {
+    const json& mm = rep["methods"][m];
+    for (const char* k : {"deletion_auc", "average_drop", "increase_in_confidence", "road_morf", "road_lerf", "sanity_final_spearman"})
+      CHECK(mm.contains(k));
+    CHECK_FALSE(mm.contains("insertion_auc"));  // not asked for
+    CHECK(mm["deletion_curve"].size() == 11);
+  }
+  // Grad-CAM's figures recomputed with the library on the same five images and true classes
+  auto module = gradcam::load_model(demo("digits.pt"));
+  auto anns = gradcam::read_csv_annotations(demo("test/annotations.csv"));
+  const auto labels = gradcam::Labels::read(demo("labels.txt"));
+  std::vector<at::Tensor> xs;
+  std::vector<int64_t> cls;
+  for (size_t i = 0; i < 5; ++i) {
+    xs.push_back(gradcam::to_tensor(gradcam::load_image(anns[i].image), gradcam::Preprocess().resize(0).crop(0)));
+    cls.push_back(*labels.index(anns[i].objects.front().label));
+  }
+  const at::Tensor x = at::cat(xs, 0);
+  gradcam::GradCAM cam(module, gradcam::GradCAMOptions("auto").probe_shape({1, 3, 64, 64}));
+  const at::Tensor map = cam.compute(x, gradcam::Target::classes(cls)).maps[0].map;
+  const at::Tensor c = at::tensor(cls, at::kLong);
+  const auto model = gradcam::score_model(module);
+  const double del = gradcam::deletion_curve(model, x, map, c, gradcam::CurveOptions().steps(10)).auc.mean().item<double>();
+  const double drop = gradcam::confidence_change(model, x, map, c).drop.mean().item<double>();
+  CHECK(rep["methods"]["gradcam"]["deletion_auc"].get<double>() == Approx(del).epsilon(1e-4));
+  CHECK(rep["methods"]["gradcam"]["average_drop"].get<double>() == Approx(drop).epsilon(1e-4));
+
+  r = run(cli() + " eval-faith --model " + demo("digits.pt") + " --quiet");
+  CHECK(r.code != 0);
+  CHECK_THAT(r.out, Contains("--annotations") && Contains("--images"));
+}

@@ -7,8 +7,12 @@
 // recorded, no parameter gradient is computed) and returns ReLU(sum_k alpha_k A_k) with
 // alpha_k = mean over space of dy_c/dA_k. The user's module is never modified.
 //
-// The same call gives, on request, Guided Grad-CAM / Deconvnet Grad-CAM (GradCAMOptions::guided)
-// and counterfactual maps (GradCAMOptions::counterfactual). See docs/architecture.md.
+// The same call gives, on request, Guided Grad-CAM / Deconvnet Grad-CAM (GradCAMOptions::guided),
+// counterfactual maps (GradCAMOptions::counterfactual) and the other CAM methods of
+// GradCAMOptions::methods (Grad-CAM++, XGrad-CAM, HiResCAM, LayerCAM from the same gradients;
+// EigenCAM and CAM from the same activations; Score-CAM and Ablation-CAM from batched extra forward
+// passes). GradCAM is the library's one explainer interface (alias Explainer). See
+// docs/architecture.md and docs/methods.md.
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -39,6 +43,33 @@ enum class GuidedMode {
   guided,     ///< Springenberg et al.: grad.clamp_min(0) * (input > 0)
   deconvnet,  ///< Zeiler & Fergus: grad.clamp_min(0)
 };
+
+/// The class activation map methods. All share one forward pass through the rewritten graph; the
+/// gradient methods share one backward pass per target rank. With A the layer's activations
+/// [K,h,w], g = dy/dA and y the target score:
+enum class Method {
+  gradcam,      ///< Grad-CAM: alpha_k = mean_ij g_kij; ReLU(sum_k alpha_k A_k)
+  gradcam_pp,   ///< Grad-CAM++ (Chattopadhyay 2018), closed form for an exponential score:
+                ///< a_kij = g^2 / (2 g^2 + sum_ab A_kab g^3), w_k = sum_ij a_kij ReLU(g_kij)
+  xgradcam,     ///< XGrad-CAM (Fu 2020): w_k = sum_ij g_kij A_kij / sum_ij A_kij
+  hirescam,     ///< HiResCAM (Draelos 2020): ReLU(sum_k g_k * A_k), element-wise
+  layercam,     ///< LayerCAM (Jiang 2021): ReLU(sum_k ReLU(g_k) * A_k)
+  scorecam,     ///< Score-CAM (Wang 2020): w = softmax_k y(X * norm(up(A_k))); batched forwards
+  ablationcam,  ///< Ablation-CAM (Desai 2020): w_k = (y - y with A_k zeroed) / y; batched
+  eigencam,     ///< EigenCAM (Muhammad 2020): projection of A on its first principal component
+  cam,          ///< CAM (Zhou 2016): ReLU(sum_k W_ck A_k), W the linear layer after global pooling
+};
+
+/// "gradcam", "gradcam++", "xgradcam", "hirescam", "layercam", "scorecam", "ablationcam",
+/// "eigencam", "cam".
+const char* method_name(Method method);
+/// The method with that name (case-insensitive, also "gradcampp"); throws gradcam::Error listing
+/// the names.
+Method method_from_name(const std::string& name);
+/// Every method, in the enum's order.
+std::vector<Method> all_methods();
+/// True for the methods computed from dy/dA (gradcam, gradcam_pp, xgradcam, hirescam, layercam).
+bool uses_gradients(Method method);
 
 /// What to explain: the differentiable score(s) y whose gradient is taken.
 class Target {
@@ -83,8 +114,18 @@ class GradCAMOptions {
   /// elsewhere, GradCAM works on a private copy moved there; move the module yourself
   /// (module.to(device)) before constructing to avoid that copy. Inputs are moved to this device.
   GRADCAM_ARG(std::optional<c10::Device>, device) = std::nullopt;
+  /// The methods to compute; every map of the result says its method. Default {Method::gradcam}.
+  GRADCAM_ARG(std::vector<Method>, methods) = std::vector<Method>{Method::gradcam};
+  /// Score-CAM / Ablation-CAM: how many perturbed inputs go through the model per forward pass.
+  /// The result does not depend on it (up to float rounding); memory grows with it. Default 32.
+  GRADCAM_ARG(int64_t, perturbation_batch) = 32;
+  /// CAM: module path of the linear layer after global average pooling whose weight [classes, K]
+  /// weighs the channels. Empty (default): the last 2-D parameter named "weight" of shape
+  /// [classes, K]. compute() checks that mean_ij(CAM_c) + bias_c reproduces the logit.
+  GRADCAM_ARG(std::string, cam_linear) = "";
   /// Counterfactual explanation (paper, section 5.3): weights from the negated gradients, showing
-  /// the regions whose removal would make the network more confident of the class. Default false.
+  /// the regions whose removal would make the network more confident of the class. Applies to the
+  /// gradient methods (uses_gradients); other methods reject it. Default false.
   GRADCAM_ARG(bool, counterfactual) = false;
   /// Also compute guided (or deconvnet) gradients with respect to the input and the Guided
   /// Grad-CAM maps, from the same forward pass. Default GuidedMode::none.
@@ -102,14 +143,16 @@ class GradCAMOptions {
   GRADCAM_ARG(std::vector<int64_t>, probe_shape) = std::vector<int64_t>{1, -1, 224, 224};
 };
 
-/// One map: one layer, one call of that layer, one target rank.
+/// One map: one method, one layer, one call of that layer, one target rank.
 struct LayerMap {
+  Method method = Method::gradcam;  ///< how the map was computed
   std::string layer;  ///< module path (as resolved; "auto" is replaced by the chosen name)
   int64_t call = 0;   ///< which call of the layer in the forward pass (reused blocks: 0, 1, ...)
   int64_t rank = 0;   ///< which target: 0 for the top-1 / first explicit target, k-1 for top-k
   at::Tensor map;             ///< [N,1,h,w] float, ReLU(sum_k alpha_k A_k), not normalised
   at::Tensor map_signed;      ///< [N,1,h,w] before ReLU (keep_signed)
-  at::Tensor weights;         ///< [N,K] alpha (keep_weights); negated when counterfactual
+  at::Tensor weights;         ///< [N,K] alpha (keep_weights; not for hirescam, layercam,
+                              ///< eigencam, whose weights are per pixel); negated when counterfactual
   at::Tensor activations;     ///< [N,K,h,w] A (keep_activations)
   at::Tensor gradients;       ///< [N,K,h,w] dy/dA (keep_gradients)
   at::Tensor guided_gradcam;  ///< [N,C,H,W] guided gradients * upsampled map (guided != none)
@@ -117,7 +160,8 @@ struct LayerMap {
 
 /// Everything one compute() call produced.
 struct GradCAMResult {
-  /// For each rank, for each layer (options order), for each call of it: one LayerMap.
+  /// For each rank, for each layer (options order), for each call of it, for each method (options
+  /// order): one LayerMap.
   std::vector<LayerMap> maps;
   /// [N,R] int64 class explained per sample and rank (-1 for Target::score).
   at::Tensor classes;
@@ -134,8 +178,14 @@ struct GradCAMResult {
   /// Activation kinds found in the model that guided backprop left with their usual backward.
   std::vector<std::string> untouched_activations;
 
-  /// The map of `layer` for target rank `rank` and call `call`; throws gradcam::Error if absent.
-  const LayerMap& get(const std::string& layer, int64_t rank = 0, int64_t call = 0) const;
+  /// The map of `layer` for target rank `rank` and call `call`, computed by `method`; throws
+  /// gradcam::Error if absent.
+  const LayerMap& get(const std::string& layer, int64_t rank = 0, int64_t call = 0,
+                      Method method = Method::gradcam) const;
+  const LayerMap& get(Method method, const std::string& layer, int64_t rank = 0,
+                      int64_t call = 0) const {
+    return get(layer, rank, call, method);
+  }
 };
 
 /// Grad-CAM explainer bound to one module. Thread safety: compute() is const and may be called
@@ -165,6 +215,16 @@ class GradCAM {
   struct Impl;
   std::unique_ptr<Impl> impl_;
 };
+
+/// The library's explainer interface: one GradCAM computes every method of its options.
+using Explainer = GradCAM;
+
+/// How fuse() combines maps of several layers.
+enum class Fusion { mean, max };
+
+/// Multi-layer fusion: each map [N,1,h_i,w_i] is upsampled to `size` = {H, W}, min-max normalised
+/// per sample, and the results are averaged (Fusion::mean) or their maximum taken. [N,1,H,W].
+at::Tensor fuse(const std::vector<at::Tensor>& maps, Fusion fusion, std::vector<int64_t> size);
 
 /// Upsamples maps [N,1,h,w] (or [h,w]) bilinearly (align_corners=false) to `size` = {H, W}.
 at::Tensor upsample(const at::Tensor& map, std::vector<int64_t> size);

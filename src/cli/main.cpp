@@ -1,7 +1,9 @@
 // src/cli/main.cpp: the `gradcam` command. Built only on the public API.
 //
-//   gradcam explain --model M --image a.png [b.png ...] | --images DIR  [--method ...] [--json]
-//   gradcam layers  --model M [--size H W] [--json]
+//   gradcam explain    --model M --image a.png [b.png ...] | --images DIR  [--method ...] [--json]
+//   gradcam layers     --model M [--size H W] [--json]
+//   gradcam eval-loc   --model M --annotations CSV|DIR [--sweep]
+//   gradcam eval-faith --model M --annotations CSV|DIR | --images DIR [--method ...] [--sanity N]
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/csrc/jit/api/module.h>
@@ -126,8 +128,23 @@ json box_json(const std::optional<gradcam::Box>& box, const gradcam::Geometry& g
   return json::array({b[0], b[1], b[2], b[3]});
 }
 
+/// The CAM methods of the library, by command-line name.
+std::vector<std::string> cam_method_names() {
+  std::vector<std::string> out;
+  for (auto m : gradcam::all_methods()) out.emplace_back(gradcam::method_name(m));
+  return out;
+}
+
+bool is_cam_method(const std::string& name) {
+  const auto names = cam_method_names();
+  return std::find(names.begin(), names.end(), name) != names.end();
+}
+
 struct ExplainArgs {
   Common common;
+  std::vector<std::string> layers;
+  std::string fuse;
+  int perturbation_batch = 32;
   std::vector<std::string> images;
   std::string images_dir;
   std::vector<int64_t> classes;
@@ -146,6 +163,7 @@ int run_explain(const ExplainArgs& a) {
   const auto labels = read_labels(a.common.labels);
   const int colormap = gradcam::colormap_from_name(a.colormap);
   std::set<std::string> methods(a.methods.begin(), a.methods.end());
+  GRADCAM_CHECK(methods.size() == a.methods.size(), "a --method is listed twice");
   const bool want_guided = methods.count("guided") || methods.count("guided-gradcam");
   const bool want_deconv = methods.count("deconvnet") || methods.count("deconvnet-gradcam");
 
@@ -166,8 +184,17 @@ int run_explain(const ExplainArgs& a) {
     fs::remove(probe, ec);
   }
 
-  gradcam::GradCAMOptions opts(a.common.layer);
-  opts.keep_signed(true).guided(want_guided ? gradcam::GuidedMode::guided : gradcam::GuidedMode::none);
+  // One explainer computes every CAM method (one forward pass); Grad-CAM is always computed: the
+  // guided methods, counterfactual maps and boxes of non-map methods use it.
+  std::vector<gradcam::Method> cam_methods = {gradcam::Method::gradcam};
+  for (const auto& m : a.methods) {
+    if (is_cam_method(m) && m != "gradcam") cam_methods.push_back(gradcam::method_from_name(m));
+  }
+  const std::vector<std::string> layer_args = a.layers.empty() ? std::vector<std::string>{a.common.layer} : a.layers;
+  GRADCAM_CHECK(a.fuse.empty() || layer_args.size() > 1, "--fuse combines several layers; give two or more --layer");
+  gradcam::GradCAMOptions opts(layer_args);
+  opts.keep_signed(true).methods(cam_methods).perturbation_batch(a.perturbation_batch)
+      .guided(want_guided ? gradcam::GuidedMode::guided : gradcam::GuidedMode::none);
   gradcam::GradCAM cam(module, opts);
   std::unique_ptr<gradcam::GradCAM> deconv;
   if (want_deconv) {
@@ -175,6 +202,8 @@ int run_explain(const ExplainArgs& a) {
         module, gradcam::GradCAMOptions(cam.layers()).guided(gradcam::GuidedMode::deconvnet));
   }
   const std::string layer = cam.layers().front();
+  // The layers maps are written for: each one, or one fused entry.
+  std::vector<std::string> out_layers = a.fuse.empty() ? cam.layers() : std::vector<std::string>{"fused"};
   gradcam::Target target = a.topk > 0 ? gradcam::Target::topk(a.topk)
                            : !a.classes.empty() ? gradcam::Target::classes(a.classes)
                                                 : gradcam::Target::top1();
@@ -230,12 +259,26 @@ int run_explain(const ExplainArgs& a) {
         const int64_t cls = r.classes[ni][rank].item<int64_t>();
         const double score = r.scores[ni][rank].item<double>();
         const std::string cname = cls >= 0 && cls < static_cast<int64_t>(labels.size()) ? labels[static_cast<size_t>(cls)] : std::to_string(cls);
-        const gradcam::LayerMap& lm = r.get(layer, rank, 0);
+        for (const std::string& out_layer : out_layers)
         for (const std::string& method : a.methods) {
-          const std::string base = (fs::path(a.out) / (stem + "_c" + std::to_string(cls) + "_" + method)).string();
+          // Grad-CAM of this layer (fused output: of the first layer) for counterfactual, guided, boxes
+          const gradcam::LayerMap& lm = r.get(a.fuse.empty() ? out_layer : layer, rank, 0);
+          std::string suffix = out_layers.size() > 1 || !a.fuse.empty() ? "_" + out_layer : std::string();
+          std::replace(suffix.begin(), suffix.end(), '%', '_');
+          const std::string base = (fs::path(a.out) / (stem + "_c" + std::to_string(cls) + "_" + method + suffix)).string();
           json files = json::object();
           at::Tensor map;  // [h,w] for the map-based methods
-          if (method == "gradcam") map = lm.map[ni][0];
+          if (is_cam_method(method)) {
+            const auto m = gradcam::method_from_name(method);
+            if (a.fuse.empty()) {
+              map = r.get(out_layer, rank, 0, m).map[ni][0];
+            } else {
+              std::vector<at::Tensor> parts;
+              for (const auto& l : cam.layers()) parts.push_back(r.get(l, rank, 0, m).map.narrow(0, ni, 1));
+              map = gradcam::fuse(parts, a.fuse == "max" ? gradcam::Fusion::max : gradcam::Fusion::mean,
+                                  {x.size(2), x.size(3)})[0][0];
+            }
+          }
           if (method == "counterfactual") map = at::relu(-lm.map_signed[ni][0]);
           json box = nullptr;
           if (map.defined()) {
@@ -254,7 +297,7 @@ int run_explain(const ExplainArgs& a) {
             if (method == "guided") grad = r.guided.at(static_cast<size_t>(rank))[ni];
             if (method == "guided-gradcam") grad = lm.guided_gradcam[ni];
             if (method == "deconvnet") grad = rd.guided.at(static_cast<size_t>(rank))[ni];
-            if (method == "deconvnet-gradcam") grad = rd.get(layer, rank, 0).guided_gradcam[ni];
+            if (method == "deconvnet-gradcam") grad = rd.get(lm.layer, rank, 0).guided_gradcam[ni];
             gradcam::save_image(base + ".png", gradcam::rgb_to_mat(gradcam::guided_to_display(grad)));
             files["guided"] = base + ".png";
             gradcam::save_npy(base + ".npy", grad);
@@ -264,7 +307,7 @@ int run_explain(const ExplainArgs& a) {
           }
           json rec = {{"image", paths[n]}, {"class", cls}, {"label", cname}, {"rank", rank},
                       {"score", score}, {"prob", probs.defined() ? json(probs[ni][cls].item<double>()) : json(nullptr)},
-                      {"layer", layer}, {"method", method}, {"box", box}, {"files", files}};
+                      {"layer", a.fuse.empty() ? out_layer : "fused:" + a.fuse}, {"method", method}, {"box", box}, {"files", files}};
           records << rec.dump() << "\n";
           if (a.json_lines) std::cout << rec.dump() << std::endl;
         }
@@ -274,7 +317,9 @@ int run_explain(const ExplainArgs& a) {
     }
   }
   if (!a.json_lines && !a.common.quiet) {
-    std::cerr << "gradcam: explained " << (done - failed) << " image(s) at layer '" << layer << "'; wrote " << a.out << "\n";
+    std::string names;
+    for (const auto& l : cam.layers()) names += (names.empty() ? "'" : ", '") + l + "'";
+    std::cerr << "gradcam: explained " << (done - failed) << " image(s) at layer " << names << "; wrote " << a.out << "\n";
   }
   if (failed > 0) {
     std::cerr << "gradcam: " << failed << " image(s) could not be read\n";
@@ -538,6 +583,239 @@ int run_eval_loc(const EvalArgs& a) {
   return unreadable > 0 ? 1 : 0;
 }
 
+struct FaithArgs {
+  Common common;
+  std::string annotations;
+  std::string images_dir;
+  std::vector<std::string> methods = {"gradcam"};
+  std::vector<std::string> metrics = {"deletion", "insertion", "drop", "road"};
+  int steps = 50;
+  int sanity = 0;
+  int limit = 0;
+  int perturbation_batch = 32;
+  std::string report = "eval_faith.json";
+};
+
+/// Sums per method for eval-faith.
+struct FaithSums {
+  double n = 0, deletion = 0, insertion = 0, drop = 0, increase = 0, morf = 0, lerf = 0;
+  std::vector<double> deletion_curve, insertion_curve;
+};
+
+int run_eval_faith(const FaithArgs& a) {
+  const c10::Device device(a.common.device);
+  auto module = gradcam::load_model(a.common.model, device);
+  std::set<std::string> metrics(a.metrics.begin(), a.metrics.end());
+  // Images and, with annotations, their true classes (explained); otherwise the top-1 class.
+  std::vector<std::pair<std::string, std::string>> items;  // path, label ("" = predicted class)
+  if (!a.annotations.empty()) {
+    for (const auto& ann : gradcam::read_annotations(a.annotations, a.images_dir)) {
+      items.emplace_back(ann.image, ann.objects.front().label);
+    }
+  } else {
+    GRADCAM_CHECK(!a.images_dir.empty(), "give --annotations FILE (explains the true classes) or --images DIR "
+                  "(explains the predicted classes)");
+    for (const auto& path : list_images(a.images_dir)) items.emplace_back(path, "");
+  }
+  if (a.limit > 0 && items.size() > static_cast<size_t>(a.limit)) items.resize(static_cast<size_t>(a.limit));
+  gradcam::Labels labels;
+  if (!a.common.labels.empty()) labels = gradcam::Labels::read(a.common.labels);
+
+  std::vector<gradcam::Method> cam_methods;
+  bool guided = false;
+  for (const auto& m : a.methods) {
+    if (m == "guided") {
+      guided = true;
+    } else {
+      cam_methods.push_back(gradcam::method_from_name(m));
+    }
+  }
+  std::vector<std::string> layers = {a.common.layer};
+  gradcam::GradCAMOptions opts(cam_methods.empty() ? std::vector<std::string>{} : layers);
+  if (!cam_methods.empty()) opts.methods(cam_methods);
+  opts.perturbation_batch(a.perturbation_batch).guided(guided ? gradcam::GuidedMode::guided : gradcam::GuidedMode::none);
+  gradcam::GradCAM cam(module, opts);
+  const std::string layer = cam.layers().empty() ? std::string("(input)") : cam.layers().front();
+  const auto pre = preprocess_of(a.common);
+  const gradcam::ScoreModel model = gradcam::score_model(module);
+  const auto curve_opts = gradcam::CurveOptions().steps(a.steps).batch(std::max(a.common.batch, 32));
+  const auto road_opts = gradcam::RoadOptions().batch(std::max(a.common.batch, 32));
+
+  /// The saliency [N,1,h,w] of `method` in a result.
+  auto saliency = [&](const gradcam::GradCAMResult& r, const std::string& method) {
+    if (method == "guided") return r.guided.at(0).abs().sum(1, true);
+    return r.get(layer, 0, 0, gradcam::method_from_name(method)).map;
+  };
+  std::map<std::string, FaithSums> sums;
+  std::vector<at::Tensor> sanity_inputs;
+  std::vector<int64_t> sanity_classes;
+
+  g_interrupted = false;
+  auto previous = std::signal(SIGINT, on_sigint);
+  Progress progress(items.size(), !a.common.quiet);
+  size_t done = 0, unreadable = 0;
+  bool labels_checked = false;
+  const auto t_start = std::chrono::steady_clock::now();
+  for (size_t start = 0; start < items.size() && !g_interrupted;) {
+    std::vector<at::Tensor> xs;
+    std::vector<std::string> wanted;
+    size_t i = start;
+    for (; i < items.size() && static_cast<int>(xs.size()) < a.common.batch; ++i) {
+      try {
+        at::Tensor t = gradcam::to_tensor(gradcam::load_image(items[i].first), pre);
+        if (!xs.empty() && t.sizes() != xs.front().sizes()) break;
+        xs.push_back(t);
+        wanted.push_back(items[i].second);
+      } catch (const gradcam::Error& e) {
+        std::cerr << "\ngradcam: skipping unreadable image " << items[i].first << ": " << e.what() << "\n";
+        ++unreadable;
+        ++done;
+      }
+    }
+    start = i;
+    if (xs.empty()) continue;
+    const at::Tensor x = at::cat(xs, 0).to(device);
+    gradcam::Target target = gradcam::Target::top1();
+    if (!a.annotations.empty()) {
+      std::vector<int64_t> cls;
+      for (size_t k = 0; k < wanted.size(); ++k) {
+        auto c = labels.index(wanted[k]);
+        GRADCAM_CHECK(c.has_value(), "label '", wanted[k], "' is not in the labels file",
+                      a.common.labels.empty() ? " (give --labels FILE)" : "");
+        cls.push_back(*c);
+      }
+      target = gradcam::Target::classes(cls);
+    }
+    const gradcam::GradCAMResult r = cam.compute(x, target);
+    if (!labels_checked && labels.size() > 0) {
+      GRADCAM_CHECK(static_cast<int64_t>(labels.size()) == r.logits.size(1), "labels file '", a.common.labels,
+                    "' has ", labels.size(), " names but the model has ", r.logits.size(1), " classes");
+      labels_checked = true;
+    }
+    const at::Tensor classes = r.classes.select(1, 0).contiguous();
+    for (const auto& method : a.methods) {
+      FaithSums& s = sums[method];
+      const at::Tensor sal = saliency(r, method);
+      const auto n = static_cast<double>(x.size(0));
+      s.n += n;
+      auto add_curve = [](std::vector<double>& acc, const at::Tensor& scores) {
+        const at::Tensor total = scores.sum(0);
+        acc.resize(static_cast<size_t>(total.size(0)), 0.0);
+        for (int64_t k = 0; k < total.size(0); ++k) acc[static_cast<size_t>(k)] += total[k].item<double>();
+      };
+      if (metrics.count("deletion")) {
+        auto c = gradcam::deletion_curve(model, x, sal, classes, curve_opts);
+        s.deletion += c.auc.sum().item<double>();
+        add_curve(s.deletion_curve, c.scores);
+      }
+      if (metrics.count("insertion")) {
+        auto c = gradcam::insertion_curve(model, x, sal, classes, curve_opts);
+        s.insertion += c.auc.sum().item<double>();
+        add_curve(s.insertion_curve, c.scores);
+      }
+      if (metrics.count("drop")) {
+        auto c = gradcam::confidence_change(model, x, sal, classes);
+        s.drop += c.drop.sum().item<double>();
+        s.increase += c.increase.to(at::kDouble).sum().item<double>();
+      }
+      if (metrics.count("road")) {
+        auto c = gradcam::road(model, x, sal, classes, road_opts);
+        s.morf += c.most_relevant_first.mean(1).sum().item<double>();
+        s.lerf += c.least_relevant_first.mean(1).sum().item<double>();
+      }
+    }
+    for (int64_t k = 0; k < x.size(0) && static_cast<int>(sanity_inputs.size()) < a.sanity; ++k) {
+      sanity_inputs.push_back(x.narrow(0, k, 1));
+      sanity_classes.push_back(classes[k].item<int64_t>());
+    }
+    done += xs.size();
+    progress.update(done);
+  }
+  std::signal(SIGINT, previous);
+  const double wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count();
+
+  json report = {{"model", a.common.model}, {"layer", layer}, {"images", done - unreadable},
+                 {"unreadable", unreadable}, {"interrupted", g_interrupted.load()},
+                 {"explained", a.annotations.empty() ? "predicted class" : "true class"},
+                 {"steps", a.steps}, {"seconds", wall}};
+  json per_method = json::object();
+  for (const auto& method : a.methods) {
+    const FaithSums& s = sums[method];
+    json m = json::object();
+    if (s.n > 0) {
+      auto mean_curve = [&](const std::vector<double>& c) {
+        json arr = json::array();
+        for (double v : c) arr.push_back(v / s.n);
+        return arr;
+      };
+      if (metrics.count("deletion")) m["deletion_auc"] = s.deletion / s.n, m["deletion_curve"] = mean_curve(s.deletion_curve);
+      if (metrics.count("insertion")) m["insertion_auc"] = s.insertion / s.n, m["insertion_curve"] = mean_curve(s.insertion_curve);
+      if (metrics.count("drop")) m["average_drop"] = s.drop / s.n, m["increase_in_confidence"] = 100 * s.increase / s.n;
+      if (metrics.count("road")) {
+        m["road_morf"] = s.morf / s.n;
+        m["road_lerf"] = s.lerf / s.n;
+        m["road_combined"] = (s.lerf - s.morf) / (2 * s.n);
+      }
+    }
+    per_method[method] = m;
+  }
+  // Sanity check (Adebayo et al.): cascading randomisation on the first --sanity images.
+  if (!sanity_inputs.empty() && !g_interrupted) {
+    const at::Tensor sx = at::cat(sanity_inputs, 0);
+    const at::Tensor sc = at::tensor(sanity_classes, at::TensorOptions().dtype(at::kLong));
+    for (const auto& method : a.methods) {
+      gradcam::ExplainFn fn = [&](const torch::jit::Module& m, const at::Tensor& in, const at::Tensor& c) {
+        std::vector<int64_t> idx(c.data_ptr<int64_t>(), c.data_ptr<int64_t>() + c.numel());
+        if (method == "guided") {
+          return gradcam::GuidedBackprop(m).compute(in, gradcam::Target::classes(idx)).gradients.at(0).abs().sum(1, true);
+        }
+        const auto meth = gradcam::method_from_name(method);
+        gradcam::GradCAM e(m, gradcam::GradCAMOptions(layer).methods({meth}).perturbation_batch(a.perturbation_batch));
+        return e.compute(in, gradcam::Target::classes(idx)).get(layer, 0, 0, meth).map;
+      };
+      json steps = json::array();
+      for (const auto& st : gradcam::randomization_check(module, sx, sc, fn)) {
+        steps.push_back({{"module", st.module}, {"spearman", st.correlation.mean().item<double>()}});
+      }
+      per_method[method]["sanity"] = steps;
+      per_method[method]["sanity_final_spearman"] = steps.back()["spearman"];
+      per_method[method]["sanity_top_spearman"] = steps.front()["spearman"];
+    }
+    report["sanity_images"] = sanity_inputs.size();
+  }
+  report["methods"] = per_method;
+  {
+    const std::string tmp = a.report + ".tmp";
+    std::ofstream out(tmp);
+    GRADCAM_CHECK(out.good(), "cannot write report '", a.report, "'");
+    out << report.dump(2) << "\n";
+    out.close();
+    std::error_code ec;
+    fs::rename(tmp, a.report, ec);
+    GRADCAM_CHECK(!ec, "cannot write report '", a.report, "': ", ec.message());
+  }
+  auto cell = [](const json& m, const char* k, int prec) {
+    if (!m.contains(k)) return std::string("-");
+    std::ostringstream o;
+    o << std::fixed << std::setprecision(prec) << m[k].get<double>();
+    return o.str();
+  };
+  std::printf("faithfulness at %s, %zu images (%s)%s\n", layer.c_str(), done - unreadable,
+              report["explained"].get<std::string>().c_str(), g_interrupted ? " (interrupted)" : "");
+  std::printf("| method | deletion AUC (lower better) | insertion AUC (higher) | Average Drop %% (lower) | Increase in Confidence %% (higher) | ROAD MoRF (lower) | ROAD LeRF (higher) | sanity: Spearman after top layer / all layers |\n");
+  std::printf("| --- | --- | --- | --- | --- | --- | --- | --- |\n");
+  for (const auto& method : a.methods) {
+    const json& m = per_method[method];
+    std::printf("| %s | %s | %s | %s | %s | %s | %s | %s / %s |\n", method.c_str(), cell(m, "deletion_auc", 3).c_str(),
+                cell(m, "insertion_auc", 3).c_str(), cell(m, "average_drop", 1).c_str(),
+                cell(m, "increase_in_confidence", 1).c_str(), cell(m, "road_morf", 3).c_str(), cell(m, "road_lerf", 3).c_str(),
+                cell(m, "sanity_top_spearman", 2).c_str(), cell(m, "sanity_final_spearman", 2).c_str());
+  }
+  std::printf("(%.1f s; report: %s)\n", wall, a.report.c_str());
+  if (g_interrupted) return 130;
+  return unreadable > 0 ? 1 : 0;
+}
+
 int run_layers(const Common& c, const std::vector<int>& size, bool as_json) {
   auto module = gradcam::load_model(c.model, c10::Device(c.device));
   const int h = size.size() == 2 ? size[0] : 224, w = size.size() == 2 ? size[1] : 224;
@@ -586,10 +864,16 @@ int gradcam_main(int argc, char** argv, bool parse_only = false) {
   explain->add_option("--images", ex.images_dir, "a folder of images");
   auto* cls = explain->add_option("--class", ex.classes, "class index to explain (one for all images, or one per image)")->expected(1, -1)->check(CLI::NonNegativeNumber);
   explain->add_option("--topk", ex.topk, "explain the K best classes of each image")->check(CLI::PositiveNumber)->excludes(cls);
-  explain->add_option("--method", ex.methods, "gradcam, counterfactual, guided, deconvnet, guided-gradcam, deconvnet-gradcam (several allowed)")
+  std::vector<std::string> explain_methods = cam_method_names();
+  for (const char* m : {"counterfactual", "guided", "deconvnet", "guided-gradcam", "deconvnet-gradcam"}) explain_methods.emplace_back(m);
+  explain->add_option("--method", ex.methods, "gradcam, gradcam++, xgradcam, hirescam, layercam, scorecam, ablationcam, eigencam, cam, counterfactual, guided, deconvnet, guided-gradcam, deconvnet-gradcam (several allowed)")
       ->expected(1, -1)
-      ->check(CLI::IsMember({"gradcam", "counterfactual", "guided", "deconvnet", "guided-gradcam", "deconvnet-gradcam"}))
+      ->check(CLI::IsMember(explain_methods))
       ->capture_default_str();
+  explain->add_option("--layers", ex.layers, "several target layers (instead of --layer): one map each, or one fused map with --fuse")->expected(1, -1);
+  explain->add_option("--fuse", ex.fuse, "combine the normalised maps of the --layers: mean or max")->check(CLI::IsMember({"mean", "max"}));
+  explain->add_option("--perturbation-batch", ex.perturbation_batch, "scorecam / ablationcam: perturbed images per forward pass")
+      ->check(CLI::PositiveNumber)->capture_default_str();
   explain->add_option("--colormap", ex.colormap, "heatmap colours")->check(CLI::IsMember(gradcam::colormap_names()))->capture_default_str();
   explain->add_option("--alpha", ex.alpha, "heatmap opacity over the image")->check(CLI::Range(0.0, 1.0))->capture_default_str();
   explain->add_option("--out", ex.out, "output folder")->capture_default_str();
@@ -606,8 +890,8 @@ int gradcam_main(int argc, char** argv, bool parse_only = false) {
   layers->add_flag("--json", layers_json, "print JSON");
 
   if (argc > 1 && argv[1][0] != '-' && std::string(argv[1]) != "explain" && std::string(argv[1]) != "layers" &&
-      std::string(argv[1]) != "eval-loc") {
-    std::cerr << "gradcam: unknown command '" << argv[1] << "'; the commands are: explain, layers, eval-loc (see --help)\n";
+      std::string(argv[1]) != "eval-loc" && std::string(argv[1]) != "eval-faith") {
+    std::cerr << "gradcam: unknown command '" << argv[1] << "'; the commands are: explain, layers, eval-loc, eval-faith (see --help)\n";
     return 2;
   }
   EvalArgs ev;
@@ -623,6 +907,26 @@ int gradcam_main(int argc, char** argv, bool parse_only = false) {
   eval->add_option("--tolerance", ev.tolerance, "pointing game tolerance in pixels")->check(CLI::NonNegativeNumber)->capture_default_str();
   eval->add_option("--method", ev.method, "gradcam or counterfactual")->check(CLI::IsMember({"gradcam", "counterfactual"}))->capture_default_str();
 
+  FaithArgs fa;
+  auto* faith = app.add_subcommand("eval-faith", "faithfulness of explanations: deletion/insertion AUC, Average Drop, "
+                                                 "Increase in Confidence, ROAD, parameter-randomisation sanity check");
+  add_common(faith, fa.common);
+  faith->add_option("--annotations", fa.annotations, "CSV or XML folder as for eval-loc: explain each image's true class");
+  faith->add_option("--images", fa.images_dir, "image folder (alone: explain the predicted class; with XML annotations: their images)");
+  std::vector<std::string> faith_methods = cam_method_names();
+  faith_methods.emplace_back("guided");
+  faith->add_option("--method", fa.methods, "methods to compare (several allowed): the CAM methods and guided")
+      ->expected(1, -1)->check(CLI::IsMember(faith_methods))->capture_default_str();
+  faith->add_option("--metrics", fa.metrics, "deletion, insertion, drop (Average Drop + Increase in Confidence), road")
+      ->expected(0, -1)->check(CLI::IsMember({"deletion", "insertion", "drop", "road"}))->capture_default_str();
+  faith->add_option("--steps", fa.steps, "deletion / insertion steps")->check(CLI::PositiveNumber)->capture_default_str();
+  faith->add_option("--sanity", fa.sanity, "run the parameter-randomisation check on the first N images (0: off)")
+      ->check(CLI::NonNegativeNumber)->capture_default_str();
+  faith->add_option("--limit", fa.limit, "use only the first N images (0: all)")->check(CLI::NonNegativeNumber);
+  faith->add_option("--perturbation-batch", fa.perturbation_batch, "scorecam / ablationcam: perturbed images per forward pass")
+      ->check(CLI::PositiveNumber)->capture_default_str();
+  faith->add_option("--report", fa.report, "JSON report to write")->capture_default_str();
+
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -630,10 +934,11 @@ int gradcam_main(int argc, char** argv, bool parse_only = false) {
   }
   if (parse_only) return 0;
   try {
-    const Common& c = explain->parsed() ? ex.common : eval->parsed() ? ev.common : lc;
+    const Common& c = explain->parsed() ? ex.common : eval->parsed() ? ev.common : faith->parsed() ? fa.common : lc;
     at::set_num_threads(c.threads > 0 ? c.threads : static_cast<int>(std::max(1u, std::thread::hardware_concurrency())));
     if (explain->parsed()) return run_explain(ex);
     if (eval->parsed()) return run_eval_loc(ev);
+    if (faith->parsed()) return run_eval_faith(fa);
     return run_layers(lc, size, layers_json);
   } catch (const gradcam::Error& e) {
     std::cerr << "\ngradcam: error: " << e.what() << "\n";

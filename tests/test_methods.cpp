@@ -1,0 +1,204 @@
+// The CAM family (Grad-CAM++, XGrad-CAM, HiResCAM, LayerCAM, Score-CAM, Ablation-CAM, EigenCAM,
+// CAM) against the independent PyTorch reference (tests/fixtures/make_method_refs.py), the
+// perturbation methods' batching invariant, CAM's head check, and multi-layer fusion.
+#include "catch.hpp"
+
+#include <ATen/ATen.h>
+#include <torch/csrc/jit/api/module.h>
+
+#include <gradcam/gradcam.hpp>
+
+#include "support.hpp"
+
+using gradcam::Method;
+
+namespace {
+
+constexpr double kTol64 = 1e-8;  // float64 against the float64 reference
+constexpr double kTol32 = 1e-3;  // float32 against the float64 reference (see test_gradcam.cpp)
+
+/// Checks every method's maps of `layer` against the reference, for each call it has. The
+/// reference keys are the method's name followed by `tag`.
+void check_methods(const gradcam::GradCAMResult& r, const test::Ref& ref,
+                   const std::vector<Method>& methods, const std::string& layer, int64_t batch,
+                   double tol, const std::string& tag = "") {
+  for (Method m : methods) {
+    const std::string kind = gradcam::method_name(m) + tag;
+    int64_t calls = 0;
+    while (ref.has(test::key(kind, layer, batch, calls))) ++calls;
+    INFO("method " << gradcam::method_name(m) << " layer " << layer);
+    REQUIRE(calls > 0);
+    for (int64_t c = 0; c < calls; ++c) {
+      INFO("call " << c);
+      const at::Tensor want = ref.get(test::key(kind, layer, batch, c));
+      const at::Tensor got = r.get(layer, 0, c, m).map;
+      REQUIRE(got.sizes() == want.sizes());
+      REQUIRE(want.abs().max().item<double>() > 0);  // a blank reference would prove nothing
+      const double err = test::rel_err(got, want);
+      CHECK(err < tol);
+    }
+  }
+}
+
+const std::vector<Method> kGradientMethods = {Method::gradcam, Method::gradcam_pp, Method::xgradcam,
+                                              Method::hirescam, Method::layercam};
+
+}  // namespace
+
+TEST_CASE("the methods equal the PyTorch reference on resnet18 (float64)", "[methods]") {
+  const test::Ref ref("methods_resnet18");
+  auto module = test::model("methods_resnet18");
+  module.to(at::kDouble);
+  const at::Tensor x = ref.get("input").to(at::kDouble);
+  const std::vector<Method> methods = {Method::gradcam, Method::gradcam_pp, Method::xgradcam, Method::hirescam,
+                                       Method::layercam, Method::eigencam, Method::cam};
+  gradcam::GradCAM cam(module, gradcam::GradCAMOptions("layer4").methods(methods));
+  const auto r = cam.compute(x, gradcam::Target::classes({3, 517}));
+  CHECK(test::rel_err(r.logits, ref.get("logits__b2")) < kTol64);
+  CHECK(r.maps.size() == methods.size());
+  check_methods(r, ref, methods, "layer4", 2, kTol64);
+}
+
+TEST_CASE("the methods agree in float32 too, Score-CAM and Ablation-CAM on resnet18", "[methods]") {
+  const test::Ref ref("methods_resnet18");
+  auto module = test::model("methods_resnet18");
+  std::vector<Method> methods = gradcam::all_methods();
+  if (test::quick()) methods = {Method::gradcam_pp, Method::eigencam};
+  // batch 1: the perturbation methods' reference is for the first sample only
+  gradcam::GradCAM cam(module, gradcam::GradCAMOptions("layer4").methods(methods).perturbation_batch(128));
+  const auto r = cam.compute(ref.get("input").narrow(0, 0, 1), gradcam::Target::classes({3}));
+  for (Method m : methods) {
+    const bool perturbation = m == Method::scorecam || m == Method::ablationcam;
+    if (perturbation) {
+      check_methods(r, ref, {m}, "layer4", 1, kTol32, "32");
+    } else {
+      INFO(gradcam::method_name(m));
+      const at::Tensor want = ref.get(test::key(gradcam::method_name(m), "layer4", 2, 0)).narrow(0, 0, 1);
+      CHECK(test::rel_err(r.get("layer4", 0, 0, m).map, want) < kTol32);
+    }
+  }
+}
+
+TEST_CASE("every method except CAM equals the reference on the toy model, block called twice", "[methods]") {
+  const test::Ref ref("methods_toy");
+  auto module = test::model("methods_toy");
+  module.to(at::kDouble);
+  const at::Tensor x = ref.get("input").to(at::kDouble);
+  std::vector<Method> methods = gradcam::all_methods();
+  methods.pop_back();  // CAM: see below
+  gradcam::GradCAM cam(module, gradcam::GradCAMOptions(std::vector<std::string>{"block", "stem"}).methods(methods).perturbation_batch(5));
+  const auto r = cam.compute(x, gradcam::Target::classes({0, 3, 4}));
+  check_methods(r, ref, methods, "block", 3, kTol64);
+  check_methods(r, ref, methods, "stem", 3, kTol64);
+  // maps are ordered rank, layer, call, method
+  REQUIRE(r.maps.size() == 3 * methods.size());
+  CHECK(r.maps[0].layer == "block");
+  CHECK(r.maps[0].call == 0);
+  CHECK(r.maps[1].method == Method::gradcam_pp);
+  CHECK(r.maps[methods.size()].call == 1);
+}
+
+TEST_CASE("Score-CAM and Ablation-CAM give the same maps for any batch size", "[methods]") {
+  auto module = test::model("methods_toy");
+  module.to(at::kDouble);
+  const test::Ref ref("methods_toy");
+  const at::Tensor x = ref.get("input").to(at::kDouble);
+  std::vector<at::Tensor> first;
+  for (int64_t batch : {1, 3, 7, 1000}) {
+    gradcam::GradCAM cam(module, gradcam::GradCAMOptions("block")
+                                     .methods({Method::scorecam, Method::ablationcam})
+                                     .perturbation_batch(batch));
+    const auto r = cam.compute(x, gradcam::Target::topk(2));
+    REQUIRE(r.maps.size() == 8);  // 2 ranks x 2 calls x 2 methods
+    for (size_t i = 0; i < r.maps.size(); ++i) {
+      if (first.size() < r.maps.size()) {
+        first.push_back(r.maps[i].map);
+      } else {
+        INFO("batch " << batch << " map " << i);
+        CHECK(test::rel_err(r.maps[i].map, first[i]) < 1e-12);
+      }
+    }
+  }
+}
+
+TEST_CASE("CAM reads the linear layer and refuses layers that are not pooled into it", "[methods][errors]") {
+  // Tiny: 1x1 conv -> spatial mean -> linear: CAM on 'conv' is sum_k W_ck A_k, computed by hand.
+  auto tiny = test::model("tiny_script");
+  const at::Tensor x = at::rand({1, 3, 2, 2}, at::kDouble);
+  tiny.to(at::kDouble);
+  gradcam::GradCAM cam(tiny, gradcam::GradCAMOptions("conv").methods({Method::cam}).keep_signed(true));
+  const auto r = cam.compute(x, gradcam::Target::classes({1}));
+  const at::Tensor conv_w = at::tensor({1.0, 0.0, -1.0, 0.5, 0.5, 0.0}, at::kDouble).view({2, 3});
+  const at::Tensor a = at::einsum("kc,nchw->nkhw", {conv_w, x});
+  const at::Tensor want = -1.0 * a.select(1, 0) + 3.0 * a.select(1, 1);  // fc row 1 = [-1, 3]
+  CHECK(test::rel_err(r.maps[0].map_signed.squeeze(1), want) < 1e-12);
+
+  auto toy = test::model("methods_toy");
+  // The first call of 'block' is not pooled into the head: CAM must refuse, naming the layer.
+  gradcam::GradCAM bad(toy, gradcam::GradCAMOptions("block").methods({Method::cam}));
+  CHECK_THROWS_WITH(bad.compute(at::randn({1, 3, 16, 16})),
+                    Catch::Contains("CAM does not apply to layer 'block'"));
+  gradcam::GradCAM named(toy, gradcam::GradCAMOptions("stem").methods({Method::cam}).cam_linear("nope"));
+  CHECK_THROWS_WITH(named.compute(at::randn({1, 3, 16, 16})), Catch::Contains("'nope'"));
+  auto frozen = test::model("resnet18_frozen");
+  gradcam::GradCAM fz(frozen, gradcam::GradCAMOptions("auto").methods({Method::cam}).probe_shape({1, 3, 64, 64}));
+  CHECK_THROWS_WITH(fz.compute(at::randn({1, 3, 64, 64})), Catch::Contains("frozen"));
+}
+
+TEST_CASE("method names, bad method options", "[methods][errors]") {
+  for (Method m : gradcam::all_methods()) CHECK(gradcam::method_from_name(gradcam::method_name(m)) == m);
+  CHECK(gradcam::method_from_name("Grad-CAM++") == Method::gradcam_pp);
+  CHECK(gradcam::method_from_name("ScoreCAM") == Method::scorecam);
+  CHECK_THROWS_WITH(gradcam::method_from_name("smoothgrad"),
+                    Catch::Contains("'smoothgrad'") && Catch::Contains("gradcam++"));
+  auto toy = test::model("methods_toy");
+  CHECK_THROWS_WITH(gradcam::GradCAM(toy, gradcam::GradCAMOptions("stem").methods({Method::scorecam}).counterfactual(true)),
+                    Catch::Contains("scorecam"));
+  CHECK_THROWS_WITH(gradcam::GradCAM(toy, gradcam::GradCAMOptions("stem").methods({})),
+                    Catch::Contains("methods is empty"));
+  CHECK_THROWS_WITH(gradcam::GradCAM(toy, gradcam::GradCAMOptions("stem").methods({Method::gradcam, Method::gradcam})),
+                    Catch::Contains("twice"));
+  CHECK_THROWS_WITH(gradcam::GradCAM(toy, gradcam::GradCAMOptions("stem").methods({Method::scorecam}).perturbation_batch(0)),
+                    Catch::Contains("perturbation_batch"));
+  gradcam::GradCAM sc(toy, gradcam::GradCAMOptions("stem").methods({Method::scorecam}));
+  auto fn = [](const c10::IValue& out) { return out.toTensor().sum(1); };
+  CHECK_THROWS_WITH(sc.compute(at::randn({1, 3, 16, 16}), gradcam::Target::score(fn)),
+                    Catch::Contains("class targets"));
+}
+
+TEST_CASE("counterfactual gradient methods negate the gradients", "[methods]") {
+  auto toy = test::model("methods_toy");
+  const at::Tensor x = at::randn({2, 3, 16, 16});
+  const std::vector<Method> methods = {Method::gradcam, Method::xgradcam, Method::hirescam, Method::layercam};
+  gradcam::GradCAM plain(toy, gradcam::GradCAMOptions("stem").methods(methods).keep_signed(true)
+                                  .keep_gradients(true).keep_activations(true));
+  gradcam::GradCAM cf(toy, gradcam::GradCAMOptions("stem").methods(methods).counterfactual(true));
+  const auto a = plain.compute(x);
+  const auto b = cf.compute(x);
+  REQUIRE(a.maps.size() == 4);
+  REQUIRE(b.maps.size() == 4);
+  // Grad-CAM, XGrad-CAM and HiResCAM are linear in the gradient: the signed map flips.
+  for (size_t i = 0; i < 3; ++i) {
+    INFO(gradcam::method_name(a.maps[i].method));
+    CHECK(test::rel_err(b.maps[i].map, at::relu(-a.maps[i].map_signed)) < 1e-5);
+  }
+  // LayerCAM keeps the positive part of -g.
+  const at::Tensor want = at::relu((at::relu(-a.maps[3].gradients) * a.maps[3].activations).sum(1, true));
+  CHECK(test::rel_err(b.maps[3].map, want) < 1e-5);
+}
+
+TEST_CASE("fuse: mean and max of normalised, upsampled maps", "[methods]") {
+  const at::Tensor m1 = at::tensor({0.0, 2.0, 4.0, 8.0}).view({1, 1, 2, 2});
+  const at::Tensor m2 = at::tensor({1.0, 1.0, 1.0, 3.0}).view({1, 1, 2, 2});
+  const at::Tensor mean = gradcam::fuse({m1, m2}, gradcam::Fusion::mean, {2, 2});
+  const at::Tensor max = gradcam::fuse({m1, m2}, gradcam::Fusion::max, {2, 2});
+  // normalised: m1 -> 0, .25, .5, 1; m2 -> 0, 0, 0, 1
+  CHECK(at::allclose(mean.flatten(), at::tensor({0.0, 0.125, 0.25, 1.0})));
+  CHECK(at::allclose(max.flatten(), at::tensor({0.0, 0.25, 0.5, 1.0})));
+  // different resolutions: both are upsampled to the requested size first
+  const at::Tensor small = at::ones({1, 1, 1, 1});
+  CHECK(gradcam::fuse({m1, small}, gradcam::Fusion::max, {4, 4}).sizes() == at::IntArrayRef({1, 1, 4, 4}));
+  CHECK_THROWS_WITH(gradcam::fuse({}, gradcam::Fusion::mean, {2, 2}), Catch::Contains("at least one"));
+  CHECK_THROWS_WITH(gradcam::fuse({m1, at::ones({2, 1, 2, 2})}, gradcam::Fusion::mean, {2, 2}),
+                    Catch::Contains("batch"));
+}
