@@ -414,3 +414,25 @@ TEST_CASE("eval-faith: report figures equal the library's metrics", "[cli][faith
   CHECK(r.code != 0);
   CHECK_THAT(r.out, Contains("--annotations") && Contains("--images"));
 }
+
+TEST_CASE("the target examples: segmentation region, similarity, any output", "[cli][examples][targets]") {
+  const std::string dir = env("GRADCAM_EXAMPLES_DIR");
+  const std::string out = tmpdir("target_examples");
+  const std::string img = demo("test/0013_three.png");
+  const std::string seg = test::fixture("targets_seg.pt");
+  Run a = run(dir + "/example_segment_region " + seg + " backbone " + img + " 2 " + out + "/seg.png 4 6 20 25");
+  INFO(a.out);
+  CHECK(a.code == 0);
+  CHECK_THAT(a.out, Contains("region score"));
+  CHECK_FALSE(cv::imread(out + "/seg.png").empty());
+  Run b = run(dir + "/example_similar_images " + demo("digits.pt") + " block3 " + img + " " + demo("test/0022_three.png") + " " + out + "/sim.png");
+  INFO(b.out);
+  CHECK(b.code == 0);
+  CHECK_THAT(b.out, Contains("cosine similarity 0.9"));  // two threes: the logits point the same way
+  CHECK_FALSE(cv::imread(out + "/sim.png").empty());
+  Run c = run(dir + "/example_explain_output " + test::fixture("targets_embed.pt") + " backbone " + img + " 1 " + out + "/o.png 2");
+  CHECK(c.code == 0);
+  Run d = run(dir + "/example_explain_output " + test::fixture("targets_embed.pt") + " backbone " + img + " 1 " + out + "/o.png 9");
+  CHECK(d.code == 1);
+  CHECK_THAT(d.out, Contains("index 9 is out of range"));
+}
