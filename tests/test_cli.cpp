@@ -9,6 +9,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <set>
 #include <sstream>
 #include <sys/wait.h>
 
@@ -435,4 +436,127 @@ TEST_CASE("the target examples: segmentation region, similarity, any output", "[
   Run d = run(dir + "/example_explain_output " + test::fixture("targets_embed.pt") + " backbone " + img + " 1 " + out + "/o.png 9");
   CHECK(d.code == 1);
   CHECK_THAT(d.out, Contains("index 9 is out of range"));
+}
+
+namespace {
+/// Every href / src attribute of an HTML file.
+std::vector<std::string> html_links(const std::string& path) {
+  std::ifstream in(path);
+  std::string html((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  std::vector<std::string> out;
+  for (const std::string attr : {"href=\"", "src=\""}) {
+    for (size_t pos = html.find(attr); pos != std::string::npos; pos = html.find(attr, pos + 1)) {
+      const size_t start = pos + attr.size();
+      out.push_back(html.substr(start, html.find('"', start) - start));
+    }
+  }
+  return out;
+}
+}  // namespace
+
+TEST_CASE("diagnose: exactly the misclassified images, panels that decode, links that exist", "[cli][diagnose]") {
+  const std::string out = tmpdir("diagnose");
+  Run r = run(cli() + " diagnose --model " + demo("digits.pt") + " --annotations " + demo("test/annotations.csv") +
+              " --labels " + demo("labels.txt") + " --resize 0 --crop 0 --quiet --out " + out);
+  INFO(r.out);
+  REQUIRE(r.code == 0);
+  // the mistakes, found independently with the library
+  auto module = gradcam::load_model(demo("digits.pt"));
+  const auto labels = gradcam::Labels::read(demo("labels.txt"));
+  const auto model = gradcam::score_model(module);
+  std::set<std::string> wrong;
+  for (const auto& ann : gradcam::read_csv_annotations(demo("test/annotations.csv"))) {
+    const at::Tensor x = gradcam::to_tensor(gradcam::load_image(ann.image), gradcam::Preprocess().resize(0).crop(0));
+    if (model(x).argmax(1).item<int64_t>() != *labels.index(ann.objects.front().label)) wrong.insert(ann.image);
+  }
+  REQUIRE_FALSE(wrong.empty());  // the demo model makes a few mistakes on its test split
+  std::ifstream in(out + "/summary.json");
+  const json s = json::parse(in);
+  CHECK(s["images"] == 300);
+  CHECK(s["correct"] == 300 - wrong.size());
+  std::set<std::string> listed;
+  for (const auto& m : s["mistakes"]) {
+    listed.insert(m["image"].get<std::string>());
+    CHECK(m["true"] != m["predicted"]);
+    const cv::Mat panel = cv::imread(out + "/" + m["panel"].get<std::string>());
+    REQUIRE_FALSE(panel.empty());
+    CHECK(panel.cols > 4 * panel.rows / 2);  // five tiles
+    CHECK_FALSE(cv::imread(out + "/" + m["thumbnail"].get<std::string>()).empty());
+  }
+  CHECK(listed == wrong);
+  int64_t total = 0;
+  for (const auto& c : s["confusions"]) total += c["count"].get<int64_t>();
+  CHECK(total == static_cast<int64_t>(wrong.size()));
+  // the report links only to files that exist (or to anchors in itself), and to every panel
+  size_t panels = 0;
+  for (const auto& link : html_links(out + "/index.html")) {
+    if (link.rfind("#", 0) == 0) continue;
+    INFO(link);
+    CHECK(link.find("://") == std::string::npos);  // offline: relative links only
+    CHECK(fs::exists(out + "/" + link));
+    panels += link.rfind("panels/", 0) == 0;
+  }
+  CHECK(panels == wrong.size());
+}
+
+TEST_CASE("diagnose on class folders; bad labels and unknown folders", "[cli][diagnose]") {
+  const std::string dir = tmpdir("diagnose_folders");
+  const std::string out = dir + "/out";
+  fs::create_directories(dir + "/set/three");
+  fs::create_directories(dir + "/set/seven");
+  fs::copy_file(demo("test/0013_three.png"), dir + "/set/three/a.png");
+  fs::copy_file(demo("test/0022_three.png"), dir + "/set/three/b.png");
+  fs::copy_file(demo("test/0022_three.png"), dir + "/set/seven/c.png");  // a three filed as seven: a known mistake
+  Run r = run(cli() + " diagnose --model " + demo("digits.pt") + " --images " + dir + "/set --labels " +
+              demo("labels.txt") + " --resize 0 --crop 0 --quiet --out " + out);
+  INFO(r.out);
+  REQUIRE(r.code == 0);
+  std::ifstream in(out + "/summary.json");
+  const json s = json::parse(in);
+  CHECK(s["images"] == 3);
+  REQUIRE(s["mistakes"].size() == 1);
+  CHECK(s["mistakes"][0]["image"] == dir + "/set/seven/c.png");
+  CHECK(s["mistakes"][0]["true_label"] == "seven");
+  CHECK(s["mistakes"][0]["predicted_label"] == "three");
+
+  std::ofstream(dir + "/nine.txt") << "zero\none\ntwo\nthree\nfour\nfive\nsix\nseven\neight\n";
+  r = run(cli() + " diagnose --model " + demo("digits.pt") + " --images " + dir + "/set --labels " + dir +
+          "/nine.txt --resize 0 --crop 0 --quiet --out " + out);
+  CHECK(r.code == 1);
+  CHECK_THAT(r.out, Contains("has 9 names but the model has 10 classes"));
+  fs::create_directories(dir + "/set/eleven");
+  fs::copy_file(demo("test/0013_three.png"), dir + "/set/eleven/d.png");
+  r = run(cli() + " diagnose --model " + demo("digits.pt") + " --images " + dir + "/set --labels " +
+          demo("labels.txt") + " --resize 0 --crop 0 --quiet --out " + out);
+  CHECK(r.code == 1);
+  CHECK_THAT(r.out, Contains("class folder 'eleven'") && Contains("zero, one"));
+  r = run(cli() + " diagnose --model " + demo("digits.pt") + " --images " + demo("images") + " --quiet --out " + out);
+  CHECK(r.code == 1);
+  CHECK_THAT(r.out, Contains("no class folders"));
+}
+
+TEST_CASE("compare: two copies of one model agree exactly", "[cli][compare]") {
+  const std::string out = tmpdir("compare");
+  Run r = run(cli() + " compare --model " + demo("digits.pt") + " --model " + demo("digits.pt") + " --image " +
+              demo("test/0013_three.png") + " " + demo("test/0002_five.png") + " " + demo("test/0000_zero.png") +
+              " --resize 0 --crop 0 --quiet --out " + out);
+  INFO(r.out);
+  REQUIRE(r.code == 0);
+  std::ifstream in(out + "/compare.json");
+  const json c = json::parse(in);
+  REQUIRE(c["compared"] == 3);
+  for (const auto& row : c["images"]) {
+    CHECK(row["spearman"].get<double>() == Approx(1.0));
+    CHECK(row["box_iou"].get<double>() == Approx(1.0));
+    CHECK_FALSE(cv::imread(out + "/" + row["panel"].get<std::string>()).empty());
+  }
+  // two layers of one model do not agree exactly
+  r = run(cli() + " compare --model " + demo("digits.pt") + " --model " + demo("digits.pt") + " --layer-b block2 --image " +
+          demo("test/0013_three.png") + " --resize 0 --crop 0 --quiet --out " + out);
+  REQUIRE(r.code == 0);
+  std::ifstream in2(out + "/compare.json");
+  CHECK(json::parse(in2)["images"][0]["spearman"].get<double>() < 0.999);
+  r = run(cli() + " compare --model " + demo("digits.pt") + " --image " + demo("test/0013_three.png") + " --out " + out);
+  CHECK(r.code != 0);
+  CHECK_THAT(r.out, Contains("exactly two models"));
 }

@@ -2,6 +2,7 @@
 // parsing must end in success or a clear error, never a crash. Nothing is executed.
 #define GRADCAM_CLI_NO_MAIN
 #include "../../src/cli/main.cpp"
+#include "../../src/cli/workflows.cpp"  // NOLINT: the whole command in one unit
 
 #include <cstdio>
 
