@@ -2,6 +2,7 @@
 #include <gradcam/evaluate.hpp>
 
 #include <algorithm>
+#include <cmath>
 #include <cctype>
 #include <filesystem>
 #include <fstream>
@@ -32,7 +33,9 @@ std::optional<int64_t> parse_int(const std::string& s) {
     if (pos != t.size()) {
       // accept "12.0"-style integers written by some tools
       const double d = std::stod(t, &pos);
-      if (pos != t.size() || d != static_cast<double>(static_cast<long long>(d))) return std::nullopt;
+      // range check before the cast: converting an out-of-range double is undefined behaviour
+      if (pos != t.size() || !(std::abs(d) < 9.0e18)) return std::nullopt;
+      if (d != static_cast<double>(static_cast<long long>(d))) return std::nullopt;
       return static_cast<int64_t>(d);
     }
     return v;

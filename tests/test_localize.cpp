@@ -211,6 +211,11 @@ TEST_CASE("labels map names, WordNet ids and indices", "[localize][annotations]"
   CHECK(l.index("2") == 2);
   CHECK_FALSE(l.index("7").has_value());
   CHECK_FALSE(l.index("whale").has_value());
+  CHECK(l.index("2.0") == 2);
+  // found by the fuzzer: a huge "integer" once reached an out-of-range double -> long long cast
+  CHECK_FALSE(l.index("22e144").has_value());
+  CHECK_FALSE(l.index("-1e30").has_value());
+  CHECK_FALSE(l.index("1e400").has_value());
   CHECK_THROWS_WITH(gradcam::Labels::read(write("nolabels.txt", "\n\n")), Contains("is empty"));
 }
 
