@@ -5,6 +5,7 @@
 #include <c10/util/Exception.h>
 #include <torch/csrc/autograd/autograd.h>
 #include <torch/csrc/jit/api/module.h>
+#include <torch/csrc/jit/frontend/error_report.h>
 
 #include <algorithm>
 
@@ -60,6 +61,12 @@ namespace detail {
 
 std::string torch_message(const std::exception& e) {
   std::string msg;
+  // LibTorch 1.13's ErrorReport::what() formats the TorchScript source range lazily and, on a
+  // corrupt archive, that formatting can throw inside a noexcept what() (std::terminate; found by
+  // fuzz_model): never call it.
+  if (dynamic_cast<const torch::jit::ErrorReport*>(&e) != nullptr) {
+    return "its TorchScript code does not compile (a corrupt or incompatible code file)";
+  }
   if (const auto* ce = dynamic_cast<const c10::Error*>(&e)) {
     msg = ce->what_without_backtrace();
   } else {
