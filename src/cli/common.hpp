@@ -120,4 +120,18 @@ inline std::vector<std::string> list_images(const std::string& dir) {
   return out;
 }
 
+/// Writes `text` to `path` through a temporary file and a rename, so that an interrupted run never
+/// leaves a half-written report; throws gradcam::Error naming the path.
+inline void write_atomically(const std::string& path, const std::string& text) {
+  const std::string tmp = path + ".tmp";
+  {
+    std::ofstream out(tmp);
+    GRADCAM_CHECK(out.good(), "cannot write '", path, "'");
+    out << text;
+  }
+  std::error_code ec;
+  fs::rename(tmp, path, ec);
+  GRADCAM_CHECK(!ec, "cannot write '", path, "': ", ec.message());
+}
+
 }  // namespace gradcam_cli

@@ -467,16 +467,7 @@ int run_eval_loc(const EvalArgs& a) {
     report["sweep"] = sweep;
     report["best_threshold"] = {{"metric", "gt_known_loc"}, {"threshold", best_t}, {"value", best}};
   }
-  {
-    const std::string tmp = a.report + ".tmp";
-    std::ofstream out(tmp);
-    GRADCAM_CHECK(out.good(), "cannot write report '", a.report, "'");
-    out << report.dump(2) << "\n";
-    out.close();
-    std::error_code ec;
-    fs::rename(tmp, a.report, ec);
-    GRADCAM_CHECK(!ec, "cannot write report '", a.report, "': ", ec.message());
-  }
+  write_atomically(a.report, report.dump(2) + "\n");
   auto pct = [](double v) {
     std::ostringstream o;
     o << std::fixed << std::setprecision(1) << 100 * v;
@@ -699,16 +690,7 @@ int run_eval_faith(const FaithArgs& a) {
     report["sanity_images"] = sanity_inputs.size();
   }
   report["methods"] = per_method;
-  {
-    const std::string tmp = a.report + ".tmp";
-    std::ofstream out(tmp);
-    GRADCAM_CHECK(out.good(), "cannot write report '", a.report, "'");
-    out << report.dump(2) << "\n";
-    out.close();
-    std::error_code ec;
-    fs::rename(tmp, a.report, ec);
-    GRADCAM_CHECK(!ec, "cannot write report '", a.report, "': ", ec.message());
-  }
+  write_atomically(a.report, report.dump(2) + "\n");
   auto cell = [](const json& m, const char* k, int prec) {
     if (!m.contains(k)) return std::string("-");
     std::ostringstream o;

@@ -120,18 +120,6 @@ std::string fmt(double v, int prec = 3) {
   return o.str();
 }
 
-void write_atomically(const std::string& path, const std::string& text) {
-  const std::string tmp = path + ".tmp";
-  {
-    std::ofstream out(tmp);
-    GRADCAM_CHECK(out.good(), "cannot write '", path, "'");
-    out << text;
-  }
-  std::error_code ec;
-  fs::rename(tmp, path, ec);
-  GRADCAM_CHECK(!ec, "cannot write '", path, "': ", ec.message());
-}
-
 void make_dir(const std::string& dir) {
   std::error_code ec;
   fs::create_directories(dir, ec);
