@@ -49,14 +49,7 @@ std::vector<Item> read_set(const std::string& annotations, const std::string& im
     return items;
   }
   for (const auto& c : classes) {
-    std::error_code ec2;
-    bool any = false;
-    for (const auto& p : list_images_or_empty((fs::path(images_dir) / c).string())) {
-      items.push_back({p, c});
-      any = true;
-    }
-    (void)ec2;
-    (void)any;
+    for (const auto& p : list_images_or_empty((fs::path(images_dir) / c).string())) items.push_back({p, c});
   }
   GRADCAM_CHECK(!items.empty(), "the class folders of '", images_dir, "' contain no images");
   return items;
