@@ -138,7 +138,8 @@ c10::IValue detached(const c10::IValue& v) {
   }
   if (v.isTensorList()) {
     c10::List<at::Tensor> out;
-    for (const at::Tensor& t : v.toTensorList()) out.push_back(t.detach());
+    // a vector, not the c10::List: its proxy references are "dangling" to GCC 14
+    for (const at::Tensor& t : v.toTensorVector()) out.push_back(t.detach());
     return out;
   }
   if (v.isGenericDict()) {

@@ -4,7 +4,10 @@
 #include <ATen/Context.h>
 #include <torch/csrc/jit/serialization/import.h>
 
+#include <torch/version.h>
+
 #include <filesystem>
+#include <regex>
 #include <sstream>
 
 #include <gradcam/error.hpp>
@@ -32,6 +35,23 @@ void check_device(const c10::Device& device) {
 const char* kHowToExport =
     "save one from Python with torch.jit.save(torch.jit.script(model), PATH) or "
     "torch.jit.save(torch.jit.trace(model, example), PATH)";
+/// The error for a model that `torch::jit::load` refused. `what` names it ("'m.pt'", "the data").
+/// A file written by a newer torch than this LibTorch reads names both versions: otherwise the
+/// user sees only "is not a readable TorchScript model" and re-exports what is already fine.
+[[noreturn]] void fail_load(const std::string& what, const std::exception& e) {
+  const std::string message = detail::torch_message(e);
+  static const std::regex too_new(
+      "file with version ([0-9]+), but the maximum supported version for reading is ([0-9]+)");
+  std::smatch m;
+  if (std::regex_search(message, m, too_new)) {
+    fail(detail::concat(what, " was saved by a newer PyTorch than this LibTorch ", TORCH_VERSION,
+                        " reads: the file's format version is ", m[1].str(), ", and LibTorch ",
+                        TORCH_VERSION, " reads versions up to ", m[2].str(),
+                        "; link a newer LibTorch, or export the model with torch ",
+                        TORCH_VERSION_MAJOR, ".", TORCH_VERSION_MINOR));
+  }
+  fail(detail::concat(what, " is not a readable TorchScript model (", message, "); ", kHowToExport));
+}
 }  // namespace
 
 torch::jit::Module load_model(const std::string& path, c10::Device device) {
@@ -45,8 +65,7 @@ torch::jit::Module load_model(const std::string& path, c10::Device device) {
     m.eval();
     return m;
   } catch (const std::exception& e) {
-    fail(detail::concat("'", path, "' is not a readable TorchScript model (",
-                        detail::torch_message(e), "); ", kHowToExport));
+    fail_load(detail::concat("'", path, "'"), e);
   }
 }
 
@@ -59,8 +78,7 @@ torch::jit::Module load_model_from_bytes(const std::string& bytes, c10::Device d
     m.eval();
     return m;
   } catch (const std::exception& e) {
-    fail(detail::concat("the data is not a readable TorchScript model (",
-                        detail::torch_message(e), "); ", kHowToExport));
+    fail_load("the data", e);
   }
 }
 

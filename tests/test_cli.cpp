@@ -18,7 +18,7 @@
 #include "support.hpp"
 
 namespace fs = std::filesystem;
-using Catch::Matchers::Contains;
+using test::Contains;
 using json = nlohmann::json;
 
 namespace {

@@ -12,7 +12,7 @@
 
 #include "support.hpp"
 
-using Catch::Matchers::Contains;
+using test::Contains;
 
 TEST_CASE("model files: missing, not TorchScript, truncated", "[errors]") {
   REQUIRE_THROWS_WITH(gradcam::load_model("/no/such/model.pt"),

@@ -21,8 +21,16 @@ const std::vector<std::pair<std::string, std::string>>& guided_cases() {
 }
 constexpr int64_t kBatch = 2;
 constexpr double kTol64 = 1e-8;
-// float32 guided gradients through a whole random network, against float64 (see test_gradcam)
+// Float32 guided gradients through a whole random network, against float64 (see test_gradcam):
+// at most 1e-3 of the max, or twice PyTorch's own float32 error on the same model and input where
+// that is larger. make_fixtures.py measures PyTorch's error with the torch that exported the model
+// (<kind>_torch32_err__b2, the worst of 1 thread and all threads). Why it can exceed 1e-3: the
+// guided gate (x > 0) is discontinuous, and where a pre-activation is within float32 rounding of
+// zero the summation order decides it. densenet121 guided, 2 cores: PyTorch's own float32 error is
+// 6.7e-5 with 1 thread and 4.9e-3 with 2 (169 of 98,304 values), in torch 1.13 and 2.6 alike.
+// Ours: 6.7e-5 on LibTorch 1.13, 4.9e-3 on 2.6, equal to PyTorch's to 6 digits.
 constexpr double kTol32 = 1e-3;
+constexpr double kTorchErrFactor = 2;
 }  // namespace
 
 TEST_CASE("guided backprop and deconvnet equal the PyTorch reference", "[guided]") {
@@ -41,7 +49,8 @@ TEST_CASE("guided backprop and deconvnet equal the PyTorch reference", "[guided]
           INFO(name << " " << exported << " " << kind << (f64 ? " float64" : " float32"));
           const at::Tensor xin = x.to(f64 ? at::kDouble : at::kFloat);
           const auto target = gradcam::Target::classes({3, 517});
-          const double tol = f64 ? kTol64 : kTol32;
+          const double torch32 = ref.get(kind + "_torch32_err__b2").item<double>();
+          const double tol = f64 ? kTol64 : std::max(kTol32, kTorchErrFactor * torch32);
 
           gradcam::GuidedBackprop gb(f64 ? module64 : module, gradcam::GuidedBackpropOptions().mode(mode));
           auto g = gb.compute(xin, target);
@@ -50,7 +59,11 @@ TEST_CASE("guided backprop and deconvnet equal the PyTorch reference", "[guided]
           REQUIRE(g.gradients[0].sizes() == want.sizes());
           const double err = test::rel_err(g.gradients[0], want);
           CHECK(err < tol);
-          if (!f64) worst32 = std::max(worst32, err);
+          if (!f64) {
+            worst32 = std::max(worst32, err);
+            std::cout << "guided: " << name << " " << exported << " " << kind << " float32 error "
+                      << err << ", PyTorch's own " << torch32 << std::endl;
+          }
           CHECK(g.replaced_activations > 0);
 
           // Guided Grad-CAM: one call, one forward, both backward passes

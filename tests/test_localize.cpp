@@ -10,7 +10,7 @@
 
 #include "support.hpp"
 
-using Catch::Matchers::Contains;
+using test::Contains;
 namespace fs = std::filesystem;
 
 namespace {

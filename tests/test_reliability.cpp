@@ -15,7 +15,7 @@
 #include "support.hpp"
 
 namespace fs = std::filesystem;
-using Catch::Matchers::Contains;
+using test::Contains;
 
 #if defined(__SANITIZE_ADDRESS__)
 #define GRADCAM_ASAN 1

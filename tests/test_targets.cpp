@@ -72,17 +72,17 @@ TEST_CASE("bad targets name the bad value", "[targets][errors]") {
   const at::Tensor xe = at::randn({1, 3, 16, 16});
   gradcam::GradCAM cs(seg, gradcam::GradCAMOptions("backbone"));
   gradcam::GradCAM ce(emb, gradcam::GradCAMOptions("backbone"));
-  CHECK_THROWS_WITH(cs.compute(xs, tg::segmentation(9)), Catch::Contains("class 9 is out of range") && Catch::Contains("4 classes"));
-  CHECK_THROWS_WITH(cs.compute(xs, tg::segmentation(1, at::ones({8, 8}))), Catch::Contains("[8, 8]") && Catch::Contains("[32, 32]"));
-  CHECK_THROWS_WITH(cs.compute(xs, tg::segmentation(1, at::zeros({32, 32}))), Catch::Contains("empty"));
-  CHECK_THROWS_WITH(cs.compute(xs, tg::segmentation_box(1, {0, 0, 40, 3})), Catch::Contains("outside the output"));
-  CHECK_THROWS_WITH(tg::segmentation_box(1, {5, 0, 2, 3}), Catch::Contains("x0 <= x1"));
+  CHECK_THROWS_WITH(cs.compute(xs, tg::segmentation(9)), test::Contains("class 9 is out of range") && test::Contains("4 classes"));
+  CHECK_THROWS_WITH(cs.compute(xs, tg::segmentation(1, at::ones({8, 8}))), test::Contains("[8, 8]") && test::Contains("[32, 32]"));
+  CHECK_THROWS_WITH(cs.compute(xs, tg::segmentation(1, at::zeros({32, 32}))), test::Contains("empty"));
+  CHECK_THROWS_WITH(cs.compute(xs, tg::segmentation_box(1, {0, 0, 40, 3})), test::Contains("outside the output"));
+  CHECK_THROWS_WITH(tg::segmentation_box(1, {5, 0, 2, 3}), test::Contains("x0 <= x1"));
   CHECK_THROWS_WITH(cs.compute(xs, tg::segmentation(1, at::Tensor(), tg::Reduction::sum, "logits")),
-                    Catch::Contains("no entry 'logits'") && Catch::Contains("'out'"));
-  CHECK_THROWS_WITH(ce.compute(xe, tg::similarity(at::ones({7}), "0")), Catch::Contains("[7]") && Catch::Contains("[1, 8]"));
-  CHECK_THROWS_WITH(tg::similarity(at::zeros({8})), Catch::Contains("non-zero"));
-  CHECK_THROWS_WITH(ce.compute(xe, tg::output("2")), Catch::Contains("out of range") && Catch::Contains("2 elements"));
-  CHECK_THROWS_WITH(ce.compute(xe, tg::output("1", {5})), Catch::Contains("index 5 is out of range"));
-  CHECK_THROWS_WITH(ce.compute(xe, tg::output("1")), Catch::Contains("give 1 index"));
-  CHECK_THROWS_WITH(ce.compute(xe, tg::output("scores")), Catch::Contains("select one by index"));
+                    test::Contains("no entry 'logits'") && test::Contains("'out'"));
+  CHECK_THROWS_WITH(ce.compute(xe, tg::similarity(at::ones({7}), "0")), test::Contains("[7]") && test::Contains("[1, 8]"));
+  CHECK_THROWS_WITH(tg::similarity(at::zeros({8})), test::Contains("non-zero"));
+  CHECK_THROWS_WITH(ce.compute(xe, tg::output("2")), test::Contains("out of range") && test::Contains("2 elements"));
+  CHECK_THROWS_WITH(ce.compute(xe, tg::output("1", {5})), test::Contains("index 5 is out of range"));
+  CHECK_THROWS_WITH(ce.compute(xe, tg::output("1")), test::Contains("give 1 index"));
+  CHECK_THROWS_WITH(ce.compute(xe, tg::output("scores")), test::Contains("select one by index"));
 }

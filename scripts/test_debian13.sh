@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# The LibTorch 2.x leg of CI: builds gradcam in a Debian 13 ("trixie") root against its LibTorch
+# 2.6, OpenCV 4.10 and Catch2 v3, and runs the whole CTest suite there, with every fixture exported
+# by that root's torch 2.6. Needs root and Debian's debootstrap (scripts/install_deps.sh).
+#
+#   bash scripts/test_debian13.sh [ctest args...]
+#
+# DEBIAN13_ROOT (default /var/tmp/gradcam-debian13) is kept, and reused while the package list is
+# the same; the build folder inside it is made anew each run. Timings: docs/reliability.md.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. scripts/lib/debian13.sh
+ROOT=${DEBIAN13_ROOT:-/var/tmp/gradcam-debian13}
+PACKAGES="g++ cmake ninja-build make libtorch-dev libopencv-dev libcatch2-dev nlohmann-json3-dev libcli11-dev
+  python3-torch python3-torchvision"
+d13_begin "$ROOT"
+t0=$SECONDS
+d13_make_root "$ROOT" "main" $PACKAGES
+d13_mount "$ROOT" "$PWD"
+echo "debian13: root ready in $((SECONDS - t0)) s"
+d13_run "$ROOT" 'echo "debian13: $(dpkg-query -W -f "\${Package} \${Version}, " libtorch-dev libopencv-dev libcatch2-dev python3-torch g++)"'
+t0=$SECONDS
+d13_run "$ROOT" "rm -rf /build && cmake -S /src -B /build -G Ninja -DCMAKE_BUILD_TYPE=Release -DGRADCAM_WERROR=ON > /build.log \
+  && cmake --build /build -j $(nproc) >> /build.log" || { tail -60 "$ROOT/build.log"; exit 1; }
+grep -E "gradcam .*LibTorch|Catch2" "$ROOT/build.log" || true
+echo "debian13: build $((SECONDS - t0)) s"
+t0=$SECONDS
+d13_run "$ROOT" "ctest --test-dir /build --output-on-failure $*"
+echo "debian13: ctest $((SECONDS - t0)) s"
