@@ -88,9 +88,10 @@ std::optional<int64_t> Labels::index(const std::string& key) const {
   return std::nullopt;
 }
 
-std::vector<Annotation> read_csv_annotations(const std::string& path) {
+std::vector<Annotation> read_csv_annotations(const std::string& path, const std::string& images_dir) {
   std::istringstream in(read_file(path, "annotations file"));
-  const fs::path base = fs::path(path).parent_path();
+  // joined by path, never through fs::relative: a bare "a.csv" has an empty folder
+  const fs::path base = images_dir.empty() ? fs::path(path).parent_path() : fs::path(images_dir);
   std::vector<Annotation> out;
   std::map<std::string, size_t> index;
   std::string line;
@@ -227,15 +228,7 @@ std::vector<Annotation> read_annotations(const std::string& file_or_dir, const s
   if (fs::path(file_or_dir).extension() == ".xml") {
     return {read_voc_annotation(file_or_dir, images_dir.empty() ? fs::path(file_or_dir).parent_path().string() : images_dir)};
   }
-  auto rows = read_csv_annotations(file_or_dir);
-  if (!images_dir.empty()) {  // --images overrides the CSV's folder for relative paths
-    const fs::path base = fs::path(file_or_dir).parent_path();
-    for (auto& r : rows) {
-      fs::path p(r.image);
-      r.image = (fs::path(images_dir) / fs::relative(p, base.empty() ? fs::path(".") : base)).string();
-    }
-  }
-  return rows;
+  return read_csv_annotations(file_or_dir, images_dir);  // --images overrides the CSV's folder
 }
 
 double best_iou(const std::optional<Box>& box, const std::vector<Box>& truth) {

@@ -15,38 +15,19 @@
 
 #include <gradcam/gradcam.hpp>
 
+#include "cli_support.hpp"
 #include "support.hpp"
 
-namespace fs = std::filesystem;
 using test::Contains;
+using test::cli;
+using test::demo;
+using test::env;
+using test::Run;
+using test::run;
+using test::tmpdir;
 using json = nlohmann::json;
 
 namespace {
-
-std::string env(const char* name) {
-  const char* v = std::getenv(name);
-  REQUIRE(v != nullptr);
-  return v;
-}
-std::string demo(const std::string& rel) { return env("GRADCAM_SOURCE_DIR") + "/examples/demo/" + rel; }
-std::string cli() { return env("GRADCAM_CLI"); }
-
-struct Run {
-  int code;
-  std::string out;
-};
-
-/// Runs a shell command; returns its exit code and stdout (stderr too when `merge`).
-Run run(const std::string& cmd, bool merge = true) {
-  FILE* p = popen((cmd + (merge ? " 2>&1" : " 2>/dev/null")).c_str(), "r");
-  REQUIRE(p != nullptr);
-  std::string out;
-  std::array<char, 4096> buf{};
-  size_t n;
-  while ((n = fread(buf.data(), 1, buf.size(), p)) > 0) out.append(buf.data(), n);
-  const int status = pclose(p);
-  return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, out};
-}
 
 /// Reads a float32 .npy file written by gradcam::save_npy (independent little parser).
 at::Tensor read_npy(const std::string& path) {
@@ -71,13 +52,6 @@ at::Tensor read_npy(const std::string& path) {
   in.read(reinterpret_cast<char*>(t.data_ptr<float>()), static_cast<std::streamsize>(t.numel() * 4));
   REQUIRE(in.gcount() == t.numel() * 4);
   return t;
-}
-
-std::string tmpdir(const std::string& name) {
-  auto d = fs::temp_directory_path() / ("gradcam_test_" + name);
-  fs::remove_all(d);
-  fs::create_directories(d);
-  return d.string();
 }
 
 }  // namespace

@@ -44,9 +44,10 @@ struct Annotation {
 };
 
 /// Reads a CSV `file,label,x0,y0,x1,y1` (a header line is optional; several rows per file give
-/// several boxes). Image paths are relative to the CSV's folder unless absolute. Throws
-/// gradcam::Error naming the file and line of a malformed row.
-std::vector<Annotation> read_csv_annotations(const std::string& path);
+/// several boxes). Relative image paths are relative to `images_dir` when it is given, else to the
+/// CSV's folder; absolute ones stay. Throws gradcam::Error naming the file and line of a malformed
+/// row.
+std::vector<Annotation> read_csv_annotations(const std::string& path, const std::string& images_dir = "");
 
 /// Reads one ImageNet / PASCAL VOC XML file (<filename>, <object><name>, <bndbox>). VOC
 /// coordinates are 1-based and become 0-based inclusive pixels. The image path is

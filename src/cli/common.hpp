@@ -7,12 +7,22 @@
 #include <CLI/CLI.hpp>
 
 #include <algorithm>
+#include <atomic>
+#include <cerrno>
 #include <chrono>
+#include <csignal>
+#include <ctime>
 #include <cstdio>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <iostream>
+#include <limits>
 #include <set>
+#include <sstream>
 #include <string>
+#include <fcntl.h>
+#include <sys/stat.h>
 #include <unistd.h>
 #include <vector>
 
@@ -21,6 +31,44 @@
 namespace gradcam_cli {
 
 namespace fs = std::filesystem;
+
+/// Checks a whole-number option in [lo, hi] on its text, before CLI11 converts it, so that every
+/// error names the option (CLI11 prefixes "--batch: "), the value and the valid range in words:
+/// "'abc' is not a whole number", "0 is out of range", and a value too large for any integer is
+/// refused instead of saturating.
+inline CLI::Validator whole_number(long long lo, long long hi = std::numeric_limits<int>::max()) {
+  const std::string range = hi == std::numeric_limits<int>::max() || hi == std::numeric_limits<long long>::max()
+                                ? "a whole number >= " + std::to_string(lo)
+                                : "a whole number from " + std::to_string(lo) + " to " + std::to_string(hi);
+  return CLI::Validator(
+      [lo, hi, range](std::string& text) -> std::string {
+        errno = 0;
+        char* end = nullptr;
+        const long long v = std::strtoll(text.c_str(), &end, 10);
+        if (text.empty() || end == text.c_str() || *end != '\0') return "'" + text + "' is not a whole number; give " + range;
+        if (errno == ERANGE || v < lo || v > hi) return text + " is out of range; give " + range;
+        return "";
+      },
+      range);
+}
+
+/// A real-number option in [lo, hi] (lo excluded when `lo_open`), with messages as whole_number's.
+inline CLI::Validator real_number(double lo, double hi, bool lo_open = false) {
+  auto str = [](double v) { std::ostringstream o; o << v; return o.str(); };
+  const std::string range = hi == std::numeric_limits<double>::max()
+                                ? std::string(lo_open ? "a number > " : "a number >= ") + str(lo)
+                                : "a number from " + str(lo) + (lo_open ? " (excluded)" : "") + " to " + str(hi);
+  return CLI::Validator(
+      [lo, hi, lo_open, range](std::string& text) -> std::string {
+        errno = 0;
+        char* end = nullptr;
+        const double v = std::strtod(text.c_str(), &end);
+        if (text.empty() || end == text.c_str() || *end != '\0' || v != v) return "'" + text + "' is not a number; give " + range;
+        if (errno == ERANGE || v < lo || v > hi || (lo_open && v == lo)) return text + " is out of range; give " + range;
+        return "";
+      },
+      range);
+}
 
 struct Common {
   std::string model;
@@ -44,13 +92,13 @@ inline void add_common(CLI::App* app, Common& c, bool with_model = true) {
   app->add_option("--layer", c.layer, "target layer: a module path as named_modules() prints it (layer4, features.29), or auto")
       ->capture_default_str();
   app->add_option("--device", c.device, "cpu or cuda")->check(CLI::IsMember({"cpu", "cuda"}))->capture_default_str();
-  app->add_option("--batch", c.batch, "images per forward pass")->check(CLI::PositiveNumber)->capture_default_str();
-  app->add_option("--resize", c.resize, "resize the shorter side to S pixels (0: keep)")->check(CLI::NonNegativeNumber)->capture_default_str();
-  app->add_option("--crop", c.crop, "centre crop C x C (0: none)")->check(CLI::NonNegativeNumber)->capture_default_str();
+  app->add_option("--batch", c.batch, "images per forward pass")->check(whole_number(1))->capture_default_str();
+  app->add_option("--resize", c.resize, "resize the shorter side to S pixels (0: keep)")->check(whole_number(0))->capture_default_str();
+  app->add_option("--crop", c.crop, "centre crop C x C (0: none)")->check(whole_number(0))->capture_default_str();
   app->add_option("--mean", c.mean, "per-channel mean R G B")->expected(3)->capture_default_str();
-  app->add_option("--std", c.std, "per-channel standard deviation R G B")->expected(3)->check(CLI::PositiveNumber)->capture_default_str();
+  app->add_option("--std", c.std, "per-channel standard deviation R G B")->expected(3)->check(real_number(0, std::numeric_limits<double>::max(), true))->capture_default_str();
   app->add_option("--labels", c.labels, "class names, one per line")->check(CLI::ExistingFile);
-  app->add_option("--threads", c.threads, "intra-op threads (default: all cores)")->check(CLI::PositiveNumber);
+  app->add_option("--threads", c.threads, "intra-op threads (default: all cores; more than the cores are capped, with a warning)")->check(whole_number(1));
   app->add_flag("--quiet,-q", c.quiet, "no progress bar");
 }
 
@@ -73,6 +121,20 @@ inline std::vector<std::string> read_labels(const std::string& path) {
   return out;
 }
 
+/// True while a progress bar line is on stderr without its newline.
+inline bool& progress_line_open() {
+  static bool open = false;
+  return open;
+}
+
+/// What every "gradcam: ..." message on stderr starts with: a newline only when a progress bar
+/// line is open, so that the message does not run into the bar (and no blank line otherwise).
+inline std::ostream& say() {
+  if (progress_line_open()) std::cerr << "\n";
+  progress_line_open() = false;
+  return std::cerr << "gradcam: ";
+}
+
 /// A progress bar with ETA on stderr, only when stderr is a terminal.
 class Progress {
  public:
@@ -89,6 +151,7 @@ class Progress {
                  std::string(static_cast<size_t>(width - fill), ' ').c_str(), done, total_, eta);
     if (done == total_) std::fprintf(stderr, "\n");
     std::fflush(stderr);
+    progress_line_open() = done != total_;
   }
 
  private:
@@ -121,17 +184,91 @@ inline std::vector<std::string> list_images(const std::string& dir) {
 }
 
 /// Writes `text` to `path` through a temporary file and a rename, so that an interrupted run never
-/// leaves a half-written report; throws gradcam::Error naming the path.
+/// leaves a half-written report; throws gradcam::Error naming the path. The temporary file gets a
+/// unique name in the target's folder and is created exclusively (mkstemp: O_CREAT | O_EXCL), so a
+/// link planted at a predictable name is never followed; the rename replaces `path` itself, never
+/// what a link at `path` points to.
 inline void write_atomically(const std::string& path, const std::string& text) {
-  const std::string tmp = path + ".tmp";
-  {
-    std::ofstream out(tmp);
-    GRADCAM_CHECK(out.good(), "cannot write '", path, "'");
-    out << text;
+  const fs::path target(path);
+  const fs::path dir = target.has_parent_path() ? target.parent_path() : fs::path(".");
+  std::string name = (dir / ("." + target.filename().string() + ".XXXXXX")).string();
+  const int fd = ::mkstemp(name.data());
+  GRADCAM_CHECK(fd >= 0, "cannot write '", path, "': ", std::strerror(errno));
+  const mode_t mask = ::umask(0);  // mkstemp makes 0600; a report gets what open() would give it
+  ::umask(mask);
+  bool ok = ::fchmod(fd, 0666 & ~mask) == 0;
+  for (size_t done = 0; ok && done < text.size();) {
+    const ssize_t n = ::write(fd, text.data() + done, text.size() - done);
+    if (n < 0 && errno == EINTR) continue;
+    ok = n > 0;
+    if (ok) done += static_cast<size_t>(n);
   }
-  std::error_code ec;
-  fs::rename(tmp, path, ec);
-  GRADCAM_CHECK(!ec, "cannot write '", path, "': ", ec.message());
+  const int err = errno;
+  ok = (::close(fd) == 0) && ok;
+  if (!ok || ::rename(name.c_str(), path.c_str()) != 0) {
+    const int e = ok ? errno : err;
+    ::unlink(name.c_str());
+    gradcam::fail(gradcam::detail::concat("cannot write '", path, "': ", std::strerror(e)));
+  }
+}
+
+/// Set by SIGINT while an InterruptGuard is alive: the subcommands stop after the current batch,
+/// keep what they have written, and exit 130.
+inline std::atomic<bool> g_interrupted{false};
+extern "C" inline void on_sigint(int) { g_interrupted = true; }
+
+class InterruptGuard {
+ public:
+  InterruptGuard() {
+    g_interrupted = false;
+    previous_ = std::signal(SIGINT, on_sigint);
+  }
+  ~InterruptGuard() { std::signal(SIGINT, previous_); }
+  InterruptGuard(const InterruptGuard&) = delete;
+  InterruptGuard& operator=(const InterruptGuard&) = delete;
+
+ private:
+  void (*previous_)(int) = SIG_DFL;
+};
+
+/// An exclusive lock on DIR/.gradcam.lock for the life of a run that writes into DIR, so that two
+/// runs never interleave their files and records: the second one is refused, naming the first's
+/// process. A POSIX record lock (fcntl), which the kernel releases when the process ends, however
+/// it ends, and whose holder F_GETLK reports (a pid written into the file could be stale).
+class OutputLock {
+ public:
+  explicit OutputLock(const std::string& dir) {
+    const std::string path = (fs::path(dir) / ".gradcam.lock").string();
+    fd_ = ::open(path.c_str(), O_RDWR | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0644);
+    GRADCAM_CHECK(fd_ >= 0, "cannot create the lock file '", path, "': ", std::strerror(errno));
+    struct flock lk {};
+    lk.l_type = F_WRLCK;
+    lk.l_whence = SEEK_SET;
+    if (::fcntl(fd_, F_SETLK, &lk) != 0) {
+      struct flock holder = lk;
+      const bool known = ::fcntl(fd_, F_GETLK, &holder) == 0 && holder.l_type != F_UNLCK;
+      ::close(fd_);
+      gradcam::fail(gradcam::detail::concat("output folder '", dir, "' is in use by another gradcam run",
+                                            known ? " (process " + std::to_string(holder.l_pid) + ")" : "",
+                                            "; wait for it to finish, or choose another --out"));
+    }
+  }
+  ~OutputLock() { ::close(fd_); }
+  OutputLock(const OutputLock&) = delete;
+  OutputLock& operator=(const OutputLock&) = delete;
+
+ private:
+  int fd_ = -1;
+};
+
+/// A run's id for its records: UTC start time and process id, e.g. "20261202T070102Z-4711".
+inline std::string make_run_id() {
+  const std::time_t now = std::time(nullptr);
+  std::tm utc{};
+  gmtime_r(&now, &utc);
+  char buf[32];
+  std::strftime(buf, sizeof(buf), "%Y%m%dT%H%M%SZ", &utc);
+  return std::string(buf) + "-" + std::to_string(::getpid());
 }
 
 }  // namespace gradcam_cli

@@ -72,6 +72,30 @@ struct ExplainArgs {
   double threshold = 0.15;
 };
 
+/// OUT/records.jsonl of `explain`: appended, so that an earlier run's records (and the files they
+/// list) survive a later run into the same folder; each record names its run. Opened on the first
+/// record, so a run that explains nothing leaves no file, and flushed per record, so that an
+/// interrupted or killed run keeps the record of every image it finished.
+class RecordsFile {
+ public:
+  RecordsFile(std::string path, std::string run) : path_(std::move(path)), run_(std::move(run)) {}
+  void write(json rec) {
+    if (!out_.is_open()) {
+      out_.open(path_, std::ios::app);
+      GRADCAM_CHECK(out_.good(), "cannot write records to '", path_, "'");
+    }
+    rec["run"] = run_;
+    out_ << rec.dump() << "\n";
+    out_.flush();
+    GRADCAM_CHECK(out_.good(), "cannot write records to '", path_, "'");
+  }
+  const std::string& path() const { return path_; }
+
+ private:
+  std::string path_, run_;
+  std::ofstream out_;
+};
+
 int run_explain(const ExplainArgs& a) {
   const c10::Device device(a.common.device);
   auto module = gradcam::load_model(a.common.model, device);
@@ -123,14 +147,15 @@ int run_explain(const ExplainArgs& a) {
                            : !a.classes.empty() ? gradcam::Target::classes(a.classes)
                                                 : gradcam::Target::top1();
   const auto pre = preprocess_of(a.common);
-  std::ofstream records((fs::path(a.out) / "records.jsonl").string(), std::ios::trunc);
-  GRADCAM_CHECK(records.good(), "cannot write records in '", a.out, "'");
+  const OutputLock lock(a.out);
+  RecordsFile records((fs::path(a.out) / "records.jsonl").string(), make_run_id());
 
+  InterruptGuard interrupt_guard;
   Progress progress(images.size(), !a.common.quiet);
   size_t done = 0, failed = 0;
   std::map<std::string, int> stems;
   bool labels_checked = false;
-  for (size_t start = 0; start < images.size();) {
+  for (size_t start = 0; start < images.size() && !g_interrupted;) {
     // a batch of consecutive images whose inputs have the same shape
     std::vector<std::string> paths;
     std::vector<cv::Mat> originals;
@@ -148,7 +173,7 @@ int run_explain(const ExplainArgs& a) {
         geoms.push_back(g);
         inputs.push_back(t);
       } catch (const gradcam::Error& e) {
-        std::cerr << "\ngradcam: skipping " << images[i] << ": " << e.what() << "\n";
+        say() << "skipping " << images[i] << ": " << e.what() << "\n";
         ++failed;
         ++done;
       }
@@ -223,7 +248,7 @@ int run_explain(const ExplainArgs& a) {
           json rec = {{"image", paths[n]}, {"class", cls}, {"label", cname}, {"rank", rank},
                       {"score", score}, {"prob", probs.defined() ? json(probs[ni][cls].item<double>()) : json(nullptr)},
                       {"layer", a.fuse.empty() ? out_layer : "fused:" + a.fuse}, {"method", method}, {"box", box}, {"files", files}};
-          records << rec.dump() << "\n";
+          records.write(rec);
           if (a.json_lines) std::cout << rec.dump() << std::endl;
         }
       }
@@ -236,6 +261,11 @@ int run_explain(const ExplainArgs& a) {
     for (const auto& l : cam.layers()) names += (names.empty() ? "'" : ", '") + l + "'";
     std::cerr << "gradcam: explained " << (done - failed) << " image(s) at layer " << names << "; wrote " << a.out << "\n";
   }
+  if (g_interrupted) {
+    std::cerr << "gradcam: interrupted after " << done << " of " << images.size() << " image(s); "
+              << records.path() << " has the records of every image done\n";
+    return 130;
+  }
   if (failed > 0) {
     std::cerr << "gradcam: " << failed << " image(s) could not be read\n";
     return 1;
@@ -243,8 +273,6 @@ int run_explain(const ExplainArgs& a) {
   return 0;
 }
 
-std::atomic<bool> g_interrupted{false};
-extern "C" void on_sigint(int) { g_interrupted = true; }
 
 struct EvalArgs {
   Common common;
@@ -324,8 +352,7 @@ int run_eval_loc(const EvalArgs& a) {
     return b;
   };
 
-  g_interrupted = false;
-  auto previous = std::signal(SIGINT, on_sigint);
+  InterruptGuard interrupt_guard;
   Progress progress(annotations.size(), !a.common.quiet);
   size_t done = 0, unreadable = 0;
   double compute_s = 0;
@@ -337,7 +364,7 @@ int run_eval_loc(const EvalArgs& a) {
     Batch batch = next.get();
     start += static_cast<size_t>(a.common.batch);
     if (start < annotations.size()) next = std::async(std::launch::async, load, start);
-    for (const auto& u : batch.unreadable) std::cerr << "\ngradcam: skipping unreadable image " << u << "\n";
+    for (const auto& u : batch.unreadable) say() << "skipping unreadable image " << u << "\n";
     unreadable += batch.unreadable.size();
     done += batch.unreadable.size();
     // inputs of equal shape go through the network together
@@ -434,7 +461,6 @@ int run_eval_loc(const EvalArgs& a) {
     progress.update(done);
   }
   if (next.valid()) next.wait();
-  std::signal(SIGINT, previous);
   const double wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count();
 
   const auto main = acc.at(a.threshold).metrics();
@@ -556,8 +582,7 @@ int run_eval_faith(const FaithArgs& a) {
   std::vector<at::Tensor> sanity_inputs;
   std::vector<int64_t> sanity_classes;
 
-  g_interrupted = false;
-  auto previous = std::signal(SIGINT, on_sigint);
+  InterruptGuard interrupt_guard;
   Progress progress(items.size(), !a.common.quiet);
   size_t done = 0, unreadable = 0;
   bool labels_checked = false;
@@ -573,7 +598,7 @@ int run_eval_faith(const FaithArgs& a) {
         xs.push_back(t);
         wanted.push_back(items[i].second);
       } catch (const gradcam::Error& e) {
-        std::cerr << "\ngradcam: skipping unreadable image " << items[i].first << ": " << e.what() << "\n";
+        say() << "skipping unreadable image " << items[i].first << ": " << e.what() << "\n";
         ++unreadable;
         ++done;
       }
@@ -637,7 +662,6 @@ int run_eval_faith(const FaithArgs& a) {
     done += xs.size();
     progress.update(done);
   }
-  std::signal(SIGINT, previous);
   const double wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count();
 
   json report = {{"model", a.common.model}, {"layer", layer}, {"images", done - unreadable},
@@ -715,7 +739,11 @@ int run_eval_faith(const FaithArgs& a) {
 
 int run_layers(const Common& c, const std::vector<int>& size, bool as_json) {
   auto module = gradcam::load_model(c.model, c10::Device(c.device));
-  const int h = size.size() == 2 ? size[0] : 224, w = size.size() == 2 ? size[1] : 224;
+  // the input explain would give the model: --size, else the crop, else the resized square
+  GRADCAM_CHECK(size.size() == 2 || c.crop > 0 || c.resize > 0,
+                "with --resize 0 --crop 0 the input is each image's own size; give it with --size H W");
+  const int h = size.size() == 2 ? size[0] : c.crop > 0 ? c.crop : c.resize;
+  const int w = size.size() == 2 ? size[1] : c.crop > 0 ? c.crop : c.resize;
   // channels (-1) come from the model's first convolution
   auto listing = gradcam::list_layers(module, std::vector<int64_t>{1, -1, h, w});
   auto shape = [](const std::vector<int64_t>& s) {
@@ -759,8 +787,8 @@ int gradcam_main(int argc, char** argv, bool parse_only = false) {
   add_common(explain, ex.common);
   explain->add_option("--image", ex.images, "image file(s)")->expected(1, -1);
   explain->add_option("--images", ex.images_dir, "a folder of images");
-  auto* cls = explain->add_option("--class", ex.classes, "class index to explain (one for all images, or one per image)")->expected(1, -1)->check(CLI::NonNegativeNumber);
-  explain->add_option("--topk", ex.topk, "explain the K best classes of each image")->check(CLI::PositiveNumber)->excludes(cls);
+  auto* cls = explain->add_option("--class", ex.classes, "class index to explain (one for all images, or one per image)")->expected(1, -1)->check(whole_number(0, std::numeric_limits<long long>::max()));
+  explain->add_option("--topk", ex.topk, "explain the K best classes of each image")->check(whole_number(1))->excludes(cls);
   std::vector<std::string> explain_methods = cam_method_names();
   for (const char* m : {"counterfactual", "guided", "deconvnet", "guided-gradcam", "deconvnet-gradcam"}) explain_methods.emplace_back(m);
   explain->add_option("--method", ex.methods, "gradcam, gradcam++, xgradcam, hirescam, layercam, scorecam, ablationcam, eigencam, cam, counterfactual, guided, deconvnet, guided-gradcam, deconvnet-gradcam (several allowed)")
@@ -770,20 +798,20 @@ int gradcam_main(int argc, char** argv, bool parse_only = false) {
   explain->add_option("--layers", ex.layers, "several target layers (instead of --layer): one map each, or one fused map with --fuse")->expected(1, -1);
   explain->add_option("--fuse", ex.fuse, "combine the normalised maps of the --layers: mean or max")->check(CLI::IsMember({"mean", "max"}));
   explain->add_option("--perturbation-batch", ex.perturbation_batch, "scorecam / ablationcam: perturbed images per forward pass")
-      ->check(CLI::PositiveNumber)->capture_default_str();
+      ->check(whole_number(1))->capture_default_str();
   explain->add_option("--colormap", ex.colormap, "heatmap colours")->check(CLI::IsMember(gradcam::colormap_names()))->capture_default_str();
-  explain->add_option("--alpha", ex.alpha, "heatmap opacity over the image")->check(CLI::Range(0.0, 1.0))->capture_default_str();
+  explain->add_option("--alpha", ex.alpha, "heatmap opacity over the image")->check(real_number(0, 1))->capture_default_str();
   explain->add_option("--out", ex.out, "output folder")->capture_default_str();
   explain->add_flag("--json", ex.json_lines, "print one JSON record per image, class and method on stdout");
   explain->add_option("--threshold", ex.threshold, "localization box: keep map values >= threshold * max")
-      ->check(CLI::Range(0.0, 1.0))->capture_default_str();
+      ->check(real_number(0, 1))->capture_default_str();
 
   Common lc;
   std::vector<int> size;
   bool layers_json = false;
   auto* layers = app.add_subcommand("layers", "list the layers of a model with their output shapes; * marks the auto choice");
   add_common(layers, lc);
-  layers->add_option("--size", size, "input height and width")->expected(2)->check(CLI::PositiveNumber);
+  layers->add_option("--size", size, "input height and width")->expected(2)->check(whole_number(1));
   layers->add_flag("--json", layers_json, "print JSON");
 
   if (argc > 1 && argv[1][0] != '-' && std::string(argv[1]) != "explain" && std::string(argv[1]) != "layers" &&
@@ -799,11 +827,11 @@ int gradcam_main(int argc, char** argv, bool parse_only = false) {
   eval->add_option("--annotations", ev.annotations, "CSV file,label,x0,y0,x1,y1 or a folder of VOC/ImageNet XML files")->required();
   eval->add_option("--images", ev.images_dir, "image folder (XML annotations; for a CSV, overrides the CSV's folder)");
   eval->add_option("--report", ev.report, "JSON report to write")->capture_default_str();
-  eval->add_option("--threshold", ev.threshold, "keep map values >= threshold * max")->check(CLI::Range(0.0, 1.0))->capture_default_str();
+  eval->add_option("--threshold", ev.threshold, "keep map values >= threshold * max")->check(real_number(0, 1))->capture_default_str();
   eval->add_flag("--sweep", ev.sweep, "also evaluate thresholds 0.05, 0.10 ... 0.95");
   eval->add_option("--connectivity", ev.connectivity, "4 or 8")->check(CLI::IsMember({4, 8}))->capture_default_str();
   eval->add_flag("--largest-by-box-area", ev.by_box_area, "choose the component with the largest box, not the most pixels");
-  eval->add_option("--tolerance", ev.tolerance, "pointing game tolerance in pixels")->check(CLI::NonNegativeNumber)->capture_default_str();
+  eval->add_option("--tolerance", ev.tolerance, "pointing game tolerance in pixels")->check(whole_number(0))->capture_default_str();
   eval->add_option("--method", ev.method, "gradcam or counterfactual")->check(CLI::IsMember({"gradcam", "counterfactual"}))->capture_default_str();
 
   FaithArgs fa;
@@ -818,12 +846,12 @@ int gradcam_main(int argc, char** argv, bool parse_only = false) {
       ->expected(1, -1)->check(CLI::IsMember(faith_methods))->capture_default_str();
   faith->add_option("--metrics", fa.metrics, "deletion, insertion, drop (Average Drop + Increase in Confidence), road")
       ->expected(0, -1)->check(CLI::IsMember({"deletion", "insertion", "drop", "road"}))->capture_default_str();
-  faith->add_option("--steps", fa.steps, "deletion / insertion steps")->check(CLI::PositiveNumber)->capture_default_str();
+  faith->add_option("--steps", fa.steps, "deletion / insertion steps")->check(whole_number(1))->capture_default_str();
   faith->add_option("--sanity", fa.sanity, "run the parameter-randomisation check on the first N images (0: off)")
-      ->check(CLI::NonNegativeNumber)->capture_default_str();
-  faith->add_option("--limit", fa.limit, "use only the first N images (0: all)")->check(CLI::NonNegativeNumber);
+      ->check(whole_number(0))->capture_default_str();
+  faith->add_option("--limit", fa.limit, "use only the first N images (0: all)")->check(whole_number(0));
   faith->add_option("--perturbation-batch", fa.perturbation_batch, "scorecam / ablationcam: perturbed images per forward pass")
-      ->check(CLI::PositiveNumber)->capture_default_str();
+      ->check(whole_number(1))->capture_default_str();
   faith->add_option("--report", fa.report, "JSON report to write")->capture_default_str();
 
   gradcam_cli::DiagnoseArgs da;
@@ -840,7 +868,13 @@ int gradcam_main(int argc, char** argv, bool parse_only = false) {
   try {
     const Common& c = explain->parsed() ? ex.common : eval->parsed() ? ev.common : faith->parsed() ? fa.common
                       : diagnose->parsed() ? da.common : compare->parsed() ? ca.common : lc;
-    at::set_num_threads(c.threads > 0 ? c.threads : static_cast<int>(std::max(1u, std::thread::hardware_concurrency())));
+    // more intra-op threads than cores only adds contention (1000 made one small image take 56 s)
+    const int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+    if (c.threads > cores) {
+      std::cerr << "gradcam: warning: --threads " << c.threads << " is more than this machine's " << cores
+                << " cores; using " << cores << "\n";
+    }
+    at::set_num_threads(c.threads > 0 ? std::min(c.threads, cores) : cores);
     if (explain->parsed()) return run_explain(ex);
     if (eval->parsed()) return run_eval_loc(ev);
     if (faith->parsed()) return run_eval_faith(fa);
@@ -848,10 +882,10 @@ int gradcam_main(int argc, char** argv, bool parse_only = false) {
     if (compare->parsed()) return gradcam_cli::run_compare(ca);
     return run_layers(lc, size, layers_json);
   } catch (const gradcam::Error& e) {
-    std::cerr << "\ngradcam: error: " << e.what() << "\n";
+    say() << "error: " << e.what() << "\n";
     return 1;
   } catch (const std::exception& e) {
-    std::cerr << "\ngradcam: error: " << e.what() << "\n";
+    say() << "error: " << e.what() << "\n";
     return 1;
   }
 }

@@ -139,9 +139,9 @@ CLI::App* add_diagnose(CLI::App& app, DiagnoseArgs& a) {
   d->add_option("--images", a.images_dir, "a folder with one sub-folder of images per class (name or index), or the "
                                           "images of XML annotations");
   d->add_option("--out", a.out, "output folder (index.html, summary.json, panels/, thumbs/)")->capture_default_str();
-  d->add_option("--alpha", a.alpha, "heatmap opacity")->check(CLI::Range(0.0, 1.0))->capture_default_str();
-  d->add_option("--panel-height", a.panel_height, "tile height in pixels")->check(CLI::Range(32, 2048))->capture_default_str();
-  d->add_option("--limit", a.limit, "use only the first N images (0: all)")->check(CLI::NonNegativeNumber);
+  d->add_option("--alpha", a.alpha, "heatmap opacity")->check(real_number(0, 1))->capture_default_str();
+  d->add_option("--panel-height", a.panel_height, "tile height in pixels")->check(whole_number(32, 2048))->capture_default_str();
+  d->add_option("--limit", a.limit, "use only the first N images (0: all)")->check(whole_number(0));
   return d;
 }
 
@@ -192,7 +192,7 @@ int run_diagnose(const DiagnoseArgs& a) {
         xs.push_back(t);
         index.push_back(i);
       } catch (const gradcam::Error& e) {
-        std::cerr << "\ngradcam: skipping unreadable image " << items[i].path << ": " << e.what() << "\n";
+        say() << "skipping unreadable image " << items[i].path << ": " << e.what() << "\n";
         ++unreadable;
         ++done;
       }
@@ -365,8 +365,8 @@ CLI::App* add_compare(CLI::App& app, CompareArgs& a) {
   c->add_option("--images", a.images_dir, "a folder of images, or one sub-folder per class (labelled)");
   c->add_option("--annotations", a.annotations, "CSV or XML annotations: labelled images");
   c->add_option("--out", a.out, "output folder (compare.json, panels/)")->capture_default_str();
-  c->add_option("--threshold", a.threshold, "localization box threshold (x max)")->check(CLI::Range(0.0, 1.0))->capture_default_str();
-  c->add_option("--panel-height", a.panel_height, "tile height in pixels")->check(CLI::Range(32, 2048))->capture_default_str();
+  c->add_option("--threshold", a.threshold, "localization box threshold (x max)")->check(real_number(0, 1))->capture_default_str();
+  c->add_option("--panel-height", a.panel_height, "tile height in pixels")->check(whole_number(32, 2048))->capture_default_str();
   return c;
 }
 
@@ -409,7 +409,7 @@ int run_compare(const CompareArgs& a) {
       img = gradcam::load_image(items[i].path);
       x = gradcam::to_tensor(img, pre, &g).to(device);
     } catch (const gradcam::Error& e) {
-      std::cerr << "\ngradcam: skipping unreadable image " << items[i].path << ": " << e.what() << "\n";
+      say() << "skipping unreadable image " << items[i].path << ": " << e.what() << "\n";
       ++unreadable;
       continue;
     }

@@ -1,0 +1,176 @@
+// The gradcam command against a hostile or careless user (issue "Reliability, round 2"): each case
+// failed on the code before its fix. docs/reliability.md has the table of cases and their tests.
+#include "catch.hpp"
+
+#include <nlohmann/json.hpp>
+
+#include <fstream>
+#include <iterator>
+#include <sstream>
+#include <vector>
+
+#include "cli_support.hpp"
+
+using test::cli;
+using test::Contains;
+using test::demo;
+using test::Run;
+using test::run;
+using test::tmpdir;
+using json = nlohmann::json;
+
+namespace {
+std::string slurp(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
+}
+const std::string kDemoFlags = " --resize 0 --crop 0 --quiet";
+}  // namespace
+
+TEST_CASE("eval-loc with a bare annotations file name and --images finds every image", "[cli][reliability]") {
+  const std::string dir = tmpdir("bare_csv");
+  fs::copy_file(demo("test/annotations.csv"), dir + "/a.csv");
+  // "a.csv", not "./a.csv": the CSV's folder is the empty path
+  Run r = run("cd " + dir + " && " + cli() + " eval-loc --model " + demo("digits.pt") +
+              " --annotations a.csv --images " + demo("test") + " --labels " + demo("labels.txt") + kDemoFlags +
+              " --report r.json");
+  INFO(r.out);
+  CHECK(r.code == 0);
+  CHECK_THAT(r.out, !Contains("is a directory"));
+  const json rep = json::parse(slurp(dir + "/r.json"));
+  CHECK(rep["n"] == 300);
+}
+
+TEST_CASE("reports never write through a link at a temporary name", "[cli][reliability]") {
+  const std::string dir = tmpdir("report_link");
+  std::ofstream(dir + "/victim.txt") << "keep me";
+  // the names the old code used, and a guess at the new pattern's prefix
+  fs::create_symlink(dir + "/victim.txt", dir + "/rep.json.tmp");
+  fs::create_symlink(dir + "/victim.txt", dir + "/.rep.json.XXXXXX");
+  Run r = run(cli() + " eval-loc --model " + demo("digits.pt") + " --annotations " + demo("test/annotations.csv") +
+              " --labels " + demo("labels.txt") + kDemoFlags + " --report " + dir + "/rep.json");
+  INFO(r.out);
+  CHECK(r.code == 0);
+  CHECK(slurp(dir + "/victim.txt") == "keep me");
+  CHECK(json::parse(slurp(dir + "/rep.json"))["n"] == 300);
+  CHECK(fs::is_regular_file(fs::symlink_status(dir + "/rep.json")));
+  // a report path that is itself a link is replaced, not written through
+  fs::create_symlink(dir + "/victim.txt", dir + "/linked.json");
+  r = run(cli() + " eval-loc --model " + demo("digits.pt") + " --annotations " + demo("test/annotations.csv") +
+          " --labels " + demo("labels.txt") + kDemoFlags + " --report " + dir + "/linked.json");
+  CHECK(r.code == 0);
+  CHECK(slurp(dir + "/victim.txt") == "keep me");
+  // no temporary file is left behind
+  int left = 0;
+  for (const auto& e : fs::directory_iterator(dir)) left += e.path().filename().string().rfind(".rep.json.", 0) == 0 &&
+                                                           e.path().filename() != ".rep.json.XXXXXX";
+  CHECK(left == 0);
+}
+
+namespace {
+std::vector<json> read_jsonl(const std::string& path) {
+  std::vector<json> out;
+  std::ifstream in(path);
+  std::string line;
+  while (std::getline(in, line)) out.push_back(json::parse(line));
+  return out;
+}
+std::string explain_cmd(const std::string& out, const std::string& extra) {
+  return cli() + " explain --model " + demo("digits.pt") + kDemoFlags + " --threads 1 --out " + out + " " + extra;
+}
+}  // namespace
+
+TEST_CASE("explain interrupted with Ctrl-C keeps the record of every image it finished", "[cli][reliability]") {
+  const std::string out = tmpdir("explain_int") + "/o";
+  Run r = run("timeout --preserve-status -s INT 4 " +
+                  explain_cmd(out, "--images " + demo("test") + " --method gradcam scorecam --batch 1 --json"),
+              false);
+  std::vector<json> printed;
+  std::istringstream lines(r.out);
+  for (std::string line; std::getline(lines, line);) printed.push_back(json::parse(line));
+  const auto stored = read_jsonl(out + "/records.jsonl");
+  if (r.code != 130) WARN("explain finished 300 images within 4 s; the interruption was not exercised");
+  CHECK((r.code == 130 || r.code == 0));
+  REQUIRE(!printed.empty());
+  CHECK(stored.size() == printed.size());
+  for (const auto& rec : stored)
+    for (const auto& [kind, path] : rec["files"].items()) CHECK(fs::exists(path.get<std::string>()));
+}
+
+TEST_CASE("two runs into one --out: records are appended with a run id; concurrent runs are refused",
+          "[cli][reliability]") {
+  const std::string out = tmpdir("explain_twice") + "/o";
+  REQUIRE(run(explain_cmd(out, "--image " + demo("images/0000_zero.png") + " --quiet")).code == 0);
+  REQUIRE(run(explain_cmd(out, "--image " + demo("images/0001_zero.png") + " --method gradcam guided")).code == 0);
+  const auto recs = read_jsonl(out + "/records.jsonl");
+  REQUIRE(recs.size() == 3);
+  CHECK(recs[0]["run"] != recs[1]["run"]);
+  CHECK(recs[1]["run"] == recs[2]["run"]);
+  for (const auto& rec : recs)
+    for (const auto& [kind, path] : rec["files"].items()) CHECK(fs::exists(path.get<std::string>()));
+  // another process holds the folder's lock, as a running gradcam would (POSIX lock, Python's lockf)
+  Run r = run("/usr/bin/python3 -c \"import fcntl, sys, time; f = open('" + out +
+              "/.gradcam.lock', 'a'); fcntl.lockf(f, fcntl.LOCK_EX); print(flush=True); time.sleep(5)\" | "
+              "(read; " + explain_cmd(out, "--image " + demo("images/0000_zero.png")) + ")");
+  CHECK(r.code == 1);
+  CHECK_THAT(r.out, Contains("gradcam: error: output folder '" + out + "' is in use by another gradcam run (process ") &&
+                        Contains("); wait for it to finish, or choose another --out"));
+  CHECK(read_jsonl(out + "/records.jsonl").size() == 3);
+  // a run that explains nothing leaves no records file
+  const std::string empty = tmpdir("explain_none") + "/o";
+  fs::create_directories(empty);
+  { std::ofstream(empty + "/../bad.png") << "not an image"; }
+  CHECK(run(explain_cmd(empty, "--image " + empty + "/../bad.png")).code == 1);
+  CHECK_FALSE(fs::exists(empty + "/records.jsonl"));
+}
+
+TEST_CASE("integer and number options: each error names the option, the value and the range in words",
+          "[cli][reliability]") {
+  const std::string base = cli() + " explain --model " + demo("digits.pt") + " --image " + demo("images/0000_zero.png") +
+                           " --out " + tmpdir("bad_numbers") + " ";
+  struct Bad {
+    std::string args, message;
+  };
+  const std::vector<Bad> bad = {
+      {"--batch 0", "--batch: 0 is out of range; give a whole number >= 1"},
+      {"--class -1", "--class: -1 is out of range; give a whole number >= 0"},
+      {"--class abc", "--class: 'abc' is not a whole number; give a whole number >= 0"},
+      {"--class 99999999999999999999", "--class: 99999999999999999999 is out of range; give a whole number >= 0"},
+      {"--topk 0", "--topk: 0 is out of range; give a whole number >= 1"},
+      {"--threads 0", "--threads: 0 is out of range; give a whole number >= 1"},
+      {"--resize -5", "--resize: -5 is out of range; give a whole number >= 0"},
+      {"--batch 2.5", "--batch: '2.5' is not a whole number; give a whole number >= 1"},
+      {"--std 0 1 1", "--std: 0 is out of range; give a number > 0"},
+      {"--alpha 2", "--alpha: 2 is out of range; give a number from 0 to 1"},
+      {"--alpha x", "--alpha: 'x' is not a number; give a number from 0 to 1"},
+  };
+  for (const auto& b : bad) {
+    INFO(b.args);
+    Run r = run(base + b.args);
+    CHECK(r.code != 0);
+    CHECK_THAT(r.out, Contains(b.message));
+    CHECK_THAT(r.out, !Contains("1797693"));
+  }
+}
+
+TEST_CASE("--threads above the machine's cores is capped with a warning", "[cli][reliability]") {
+  Run r = run(cli() + " explain --model " + demo("digits.pt") + kDemoFlags + " --image " +
+              demo("images/0000_zero.png") + " --threads 1000 --out " + tmpdir("threads"));
+  INFO(r.out);
+  CHECK(r.code == 0);
+  CHECK_THAT(r.out, Contains("gradcam: warning: --threads 1000 is more than this machine's ") && Contains(" cores; using "));
+}
+
+TEST_CASE("messages start on their own line without a blank line; layers follows --crop and --resize",
+          "[cli][reliability]") {
+  Run r = run(cli() + " layers --quiet --model " + demo("labels.txt"));
+  CHECK(r.code == 1);
+  CHECK(r.out.rfind("gradcam: error: ", 0) == 0);
+  r = run(cli() + " layers --model " + demo("digits.pt") + " --resize 0 --crop 64");
+  CHECK(r.code == 0);
+  CHECK_THAT(r.out, Contains("[1, 64, 16, 16]") && Contains("input 1x?x64x64"));
+  r = run(cli() + " layers --model " + demo("digits.pt") + " --resize 0 --crop 0");
+  CHECK(r.code == 1);
+  CHECK_THAT(r.out, Contains("gradcam: error: with --resize 0 --crop 0 the input is each image's own size; give it "
+                             "with --size H W"));
+}
