@@ -39,7 +39,14 @@ std::array<int, 4> Geometry::to_input(const std::array<int, 4>& b) const {
 
 cv::Mat load_image(const std::string& path) {
   std::error_code ec;
-  GRADCAM_CHECK(std::filesystem::exists(path, ec), "image '", path, "' does not exist");
+  if (!std::filesystem::exists(path, ec)) {
+    // a link loop or an unreadable folder is not "does not exist": say what is wrong
+    GRADCAM_CHECK(!ec || ec == std::errc::no_such_file_or_directory, "image '", path, "' cannot be opened: ",
+                  ec.message());
+    std::error_code lec;
+    GRADCAM_CHECK(!std::filesystem::is_symlink(path, lec), "image '", path, "' is a link to a missing file");
+    fail(concat("image '", path, "' does not exist"));
+  }
   GRADCAM_CHECK(!std::filesystem::is_directory(path, ec), "image path '", path, "' is a directory");
   cv::Mat img;
   try {

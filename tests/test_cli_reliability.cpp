@@ -174,3 +174,23 @@ TEST_CASE("messages start on their own line without a blank line; layers follows
   CHECK_THAT(r.out, Contains("gradcam: error: with --resize 0 --crop 0 the input is each image's own size; give it "
                              "with --size H W"));
 }
+
+TEST_CASE("a link loop among the images is skipped and named; alone it says what is wrong", "[cli][reliability]") {
+  const std::string dir = tmpdir("link_loop");
+  fs::copy_file(demo("images/0000_zero.png"), dir + "/a.png");
+  fs::create_symlink("loop.png", dir + "/loop.png");  // points at itself
+  fs::copy_file(demo("images/0001_zero.png"), dir + "/z.png");
+  const std::string out = dir + "/out";
+  Run r = run(explain_cmd(out, "--images " + dir));
+  INFO(r.out);
+  CHECK(r.code == 1);  // one image could not be read
+  CHECK_THAT(r.out, Contains("gradcam: skipping " + dir + "/loop.png: image '" + dir +
+                             "/loop.png' cannot be opened: Too many levels of symbolic links"));
+  CHECK(read_jsonl(out + "/records.jsonl").size() == 2);  // a.png and z.png, before and after it
+  r = run(explain_cmd(out, "--image " + dir + "/loop.png"));
+  CHECK(r.code == 1);
+  CHECK_THAT(r.out, Contains("image '" + dir + "/loop.png' cannot be opened: Too many levels of symbolic links"));
+  fs::create_symlink("gone.png", dir + "/dangling.png");
+  r = run(explain_cmd(out, "--image " + dir + "/dangling.png"));
+  CHECK_THAT(r.out, Contains("image '" + dir + "/dangling.png' is a link to a missing file"));
+}

@@ -166,7 +166,10 @@ inline std::vector<std::string> list_images_or_empty(const std::string& dir) {
   std::error_code ec;
   std::vector<std::string> out;
   for (const auto& e : fs::directory_iterator(dir, ec)) {
-    if (!e.is_regular_file()) continue;
+    // an entry whose type cannot be read (a link loop) stays in the list: loading it then names
+    // it and says why, and the run counts it with the unreadable images and goes on
+    std::error_code type_ec;
+    if (!e.is_regular_file(type_ec) && !type_ec) continue;
     std::string ext = e.path().extension().string();
     std::transform(ext.begin(), ext.end(), ext.begin(), [](unsigned char ch) { return std::tolower(ch); });
     if (exts.count(ext)) out.push_back(e.path().string());
