@@ -16,8 +16,9 @@ ASAN_BASE="detect_leaks=1:detect_odr_violation=0:suppressions=$S/asan.supp:halt_
 export LSAN_OPTIONS="suppressions=$S/lsan.supp:print_suppressions=0"
 export UBSAN_OPTIONS="suppressions=$S/ubsan.supp:print_stacktrace=1:halt_on_error=1"
 export GRADCAM_TEST_QUICK=1
-# test_errors loads corrupt models on purpose; LibTorch leaks on that path (see lsan.supp), and
+# test_errors and test_model load corrupt or too-new models on purpose; LibTorch leaks on that path
+# (see lsan.supp), and
 # matching the suppression needs full (slow) stack unwinding on malloc: only for that test.
-ASAN_OPTIONS="$ASAN_BASE" ctest --test-dir "$B" --output-on-failure -E '^test_errors$'
-ASAN_OPTIONS="$ASAN_BASE:fast_unwind_on_malloc=0" ctest --test-dir "$B" --output-on-failure -R '^test_errors$'
+ASAN_OPTIONS="$ASAN_BASE" ctest --test-dir "$B" --output-on-failure -E '^(test_errors|test_model)$'
+ASAN_OPTIONS="$ASAN_BASE:fast_unwind_on_malloc=0" ctest --test-dir "$B" --output-on-failure -R '^(test_errors|test_model)$'
 

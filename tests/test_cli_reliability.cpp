@@ -194,3 +194,25 @@ TEST_CASE("a link loop among the images is skipped and named; alone it says what
   r = run(explain_cmd(out, "--image " + dir + "/dangling.png"));
   CHECK_THAT(r.out, Contains("image '" + dir + "/dangling.png' is a link to a missing file"));
 }
+
+TEST_CASE("an image the network cannot take is skipped and named; later images are explained", "[cli][reliability]") {
+  const std::string dir = tmpdir("tiny_image");
+  fs::copy_file(demo("images/0000_zero.png"), dir + "/a.png");
+  REQUIRE(run("/usr/bin/python3 -c \"import zlib, struct; "
+              "c = lambda t, d: struct.pack('>I', len(d)) + t + d + struct.pack('>I', zlib.crc32(t + d)); "
+              "open('" + dir + "/tiny.png', 'wb').write(b'\\\\x89PNG\\\\r\\\\n\\\\x1a\\\\n' + "
+              "c(b'IHDR', struct.pack('>IIBBBBB', 1, 1, 8, 0, 0, 0, 0)) + c(b'IDAT', zlib.compress(b'\\\\x00\\\\x80')) + "
+              "c(b'IEND', b''))\"").code == 0);
+  fs::copy_file(demo("images/0001_zero.png"), dir + "/z.png");
+  const std::string out = dir + "/out";
+  Run r = run(explain_cmd(out, "--images " + dir));
+  INFO(r.out);
+  CHECK(r.code == 1);
+  CHECK_THAT(r.out, Contains("gradcam: skipping " + dir + "/tiny.png: "));
+  CHECK_THAT(r.out, Contains("gradcam: 1 image(s) could not be read or explained"));
+  CHECK(read_jsonl(out + "/records.jsonl").size() == 2);
+  // a setting that fails every image is the run's error, said once
+  r = run(explain_cmd(out, "--image " + dir + "/a.png --class 10"));
+  CHECK(r.code == 1);
+  CHECK_THAT(r.out, Contains("gradcam: error: class index 10 is out of range"));
+}

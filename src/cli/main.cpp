@@ -96,6 +96,26 @@ class RecordsFile {
   std::ofstream out_;
 };
 
+/// Tells a batch the network refused (an odd image) from a setting that fails every batch (a
+/// class out of range): the same message on the first kRepeats batches, with no image explained
+/// yet, is the run's error; so is the last one when no image could be explained at all.
+class BatchFailures {
+ public:
+  static constexpr int kRepeats = 3;
+  void note(const std::string& message, bool none_explained_yet) {
+    repeats_ = none_explained_yet && message == last_ ? repeats_ + 1 : 1;
+    last_ = message;
+    if (none_explained_yet && repeats_ >= kRepeats) gradcam::fail(message);
+  }
+  void at_end(bool none_explained) const {
+    if (none_explained && !last_.empty()) gradcam::fail(last_);
+  }
+
+ private:
+  std::string last_;
+  int repeats_ = 0;
+};
+
 int run_explain(const ExplainArgs& a) {
   const c10::Device device(a.common.device);
   auto module = gradcam::load_model(a.common.model, device);
@@ -153,6 +173,7 @@ int run_explain(const ExplainArgs& a) {
   InterruptGuard interrupt_guard;
   Progress progress(images.size(), !a.common.quiet);
   size_t done = 0, failed = 0;
+  BatchFailures rejected;
   std::map<std::string, int> stems;
   bool labels_checked = false;
   for (size_t start = 0; start < images.size() && !g_interrupted;) {
@@ -181,9 +202,21 @@ int run_explain(const ExplainArgs& a) {
     start = i;
     if (inputs.empty()) continue;
     at::Tensor x = at::cat(inputs, 0).to(device);
-    gradcam::GradCAMResult r = cam.compute(x, target);
-    gradcam::GradCAMResult rd;
-    if (deconv) rd = deconv->compute(x, target);
+    gradcam::GradCAMResult r, rd;
+    try {
+      r = cam.compute(x, target);
+      if (deconv) rd = deconv->compute(x, target);
+    } catch (const gradcam::Error& e) {
+      // A batch holds images of one shape: an input the network cannot take (a 1x1 image) fails
+      // the batch. Skip and name them, and go on. The same error on the first batches, before any
+      // success, comes from the settings, not the images: stop with it.
+      rejected.note(e.what(), done == failed);
+      for (const auto& p : paths) say() << "skipping " << p << ": " << e.what() << "\n";
+      failed += paths.size();
+      done += paths.size();
+      progress.update(done);
+      continue;
+    }
     if (!labels_checked && !labels.empty() && r.logits.defined()) {
       GRADCAM_CHECK(static_cast<int64_t>(labels.size()) == r.logits.size(1), "labels file '", a.common.labels,
                     "' has ", labels.size(), " names but the model has ", r.logits.size(1), " classes");
@@ -266,8 +299,9 @@ int run_explain(const ExplainArgs& a) {
               << records.path() << " has the records of every image done\n";
     return 130;
   }
+  rejected.at_end(done == failed);
   if (failed > 0) {
-    std::cerr << "gradcam: " << failed << " image(s) could not be read\n";
+    std::cerr << "gradcam: " << failed << " image(s) could not be read or explained\n";
     return 1;
   }
   return 0;
