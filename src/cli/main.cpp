@@ -307,7 +307,6 @@ int run_explain(const ExplainArgs& a) {
   return 0;
 }
 
-
 struct EvalArgs {
   Common common;
   std::string annotations;
