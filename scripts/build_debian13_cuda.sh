@@ -19,7 +19,7 @@ cd "$(dirname "$0")/.."
 . scripts/lib/debian13.sh
 ROOT=${DEBIAN13_CUDA_ROOT:-/var/tmp/gradcam-debian13-cuda}
 PACKAGES="g++ cmake ninja-build make libtorch-cuda-dev nvidia-cuda-toolkit libopencv-dev libcatch2-dev
-  nlohmann-json3-dev libcli11-dev python3-torch-cuda python3-torchvision"
+  nlohmann-json3-dev libcli11-dev zlib1g-dev python3-torch-cuda python3-torchvision"
 d13_begin "$ROOT"
 t0=$SECONDS
 D13_PREPARE="dpkg-divert --local --rename --add /usr/sbin/update-nvidia-cudnn > /dev/null \

@@ -3,6 +3,7 @@
 # FUZZ_SECONDS (default 60) on a copy of tests/fuzz/corpus/<target>. Fails on any crash.
 #   fuzz_annotations: CSV / XML annotation readers and the labels file
 #   fuzz_cli:         the gradcam command line (parsing only)
+#   fuzz_archive:     the zip and checksum check of a model file (src/archive.cpp)
 #   fuzz_model:       TorchScript model loading from bytes
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -20,11 +21,11 @@ configure() {  # $1 build dir, $2 sanitizers
 # GB, which a real process refuses (std::bad_alloc -> gradcam::Error) but ASan reports as a crash.
 configure "$B" "address,undefined"
 configure "$B-model" "undefined"
-cmake --build "$B" -j "$(nproc)" --target fuzz_annotations fuzz_cli
+cmake --build "$B" -j "$(nproc)" --target fuzz_annotations fuzz_cli fuzz_archive
 cmake --build "$B-model" -j "$(nproc)" --target fuzz_model
 export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=0:allocator_may_return_null=1:quarantine_size_mb=64}
 export UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}
-for t in annotations cli model; do
+for t in annotations cli archive model; do
   work=$(mktemp -d)
   cp -r tests/fuzz/corpus/$t/. "$work/"
   echo "== fuzz_$t for ${SECONDS_EACH}s"

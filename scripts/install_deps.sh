@@ -7,5 +7,5 @@ export DEBIAN_FRONTEND=noninteractive
 $SUDO apt-get update -q
 $SUDO apt-get install -y -q \
   g++ cmake ninja-build git \
-  libtorch-dev libopencv-dev catch2 nlohmann-json3-dev libcli11-dev libbenchmark-dev \
+  libtorch-dev libopencv-dev catch2 nlohmann-json3-dev libcli11-dev libbenchmark-dev zlib1g-dev \
   python3-torch python3-torchvision

@@ -11,7 +11,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib/debian13.sh
 ROOT=${DEBIAN13_ROOT:-/var/tmp/gradcam-debian13}
-PACKAGES="g++ cmake ninja-build make libtorch-dev libopencv-dev libcatch2-dev nlohmann-json3-dev libcli11-dev
+PACKAGES="g++ cmake ninja-build make libtorch-dev libopencv-dev libcatch2-dev nlohmann-json3-dev libcli11-dev zlib1g-dev
   python3-torch python3-torchvision"
 d13_begin "$ROOT"
 t0=$SECONDS

@@ -6,12 +6,21 @@
 
 #include <torch/version.h>
 
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
 #include <filesystem>
+#include <functional>
+#include <future>
 #include <regex>
 #include <sstream>
 
 #include <gradcam/error.hpp>
 
+#include "archive.hpp"
 #include "graph.hpp"
 
 namespace gradcam {
@@ -52,6 +61,60 @@ const char* kHowToExport =
   }
   fail(detail::concat(what, " is not a readable TorchScript model (", message, "); ", kHowToExport));
 }
+/// Loads with the archive check (archive.hpp). The records LibTorch parses are checked before it
+/// reads them. The tensor storage, nearly all of the file, is summed on a second thread while
+/// LibTorch loads: at zlib's 2.8 GB/s here that is 0.2 s for VGG-16's 553 MB, half as long again
+/// as the load itself, and a damaged weight cannot upset the loader, only the predictions.
+torch::jit::Module load_checked(const std::string& what, std::uint64_t size,
+                                const detail::ReadAt& read_at,
+                                const std::function<torch::jit::Module()>& load) {
+  detail::verify_archive(size, read_at, what, detail::Records::parsed);
+  auto weights = std::async(std::launch::async, [&] {
+    detail::verify_archive(size, read_at, what, detail::Records::tensors);
+  });
+  torch::jit::Module m;
+  try {
+    m = load();
+  } catch (const std::exception& e) {
+    weights.get();  // a damaged weight, if any, is the better explanation
+    fail_load(what, e);
+  }
+  weights.get();
+  m.eval();
+  return m;
+}
+
+/// A read-only file descriptor; pread lets both threads of load_checked share it.
+class ModelFile {
+ public:
+  explicit ModelFile(const std::string& path) : path_(path), fd_(::open(path.c_str(), O_RDONLY | O_CLOEXEC)) {
+    GRADCAM_CHECK(fd_ >= 0, "model file '", path, "' cannot be opened: ", std::strerror(errno));
+    struct stat st {};
+    GRADCAM_CHECK(::fstat(fd_, &st) == 0 && st.st_size >= 0, "model file '", path, "' cannot be read");
+    size_ = static_cast<std::uint64_t>(st.st_size);
+  }
+  ~ModelFile() { ::close(fd_); }
+  ModelFile(const ModelFile&) = delete;
+  ModelFile& operator=(const ModelFile&) = delete;
+
+  std::uint64_t size() const { return size_; }
+  void read_at(std::uint64_t at, char* out, std::size_t n) const {
+    while (n > 0) {
+      const ssize_t got = ::pread(fd_, out, n, static_cast<off_t>(at));
+      if (got < 0 && errno == EINTR) continue;
+      GRADCAM_CHECK(got > 0, "model file '", path_, "' could not be read at byte ", at,
+                    " (did it change while loading?)");
+      out += got;
+      at += static_cast<std::uint64_t>(got);
+      n -= static_cast<std::size_t>(got);
+    }
+  }
+
+ private:
+  std::string path_;
+  int fd_;
+  std::uint64_t size_ = 0;
+};
 }  // namespace
 
 torch::jit::Module load_model(const std::string& path, c10::Device device) {
@@ -60,26 +123,23 @@ torch::jit::Module load_model(const std::string& path, c10::Device device) {
   GRADCAM_CHECK(fs::exists(path, ec), "model file '", path, "' does not exist");
   GRADCAM_CHECK(fs::is_regular_file(path, ec), "model path '", path, "' is not a regular file");
   check_device(device);
-  try {
-    torch::jit::Module m = torch::jit::load(path, device);
-    m.eval();
-    return m;
-  } catch (const std::exception& e) {
-    fail_load(detail::concat("'", path, "'"), e);
-  }
+  const ModelFile file(path);
+  return load_checked(
+      detail::concat("'", path, "'"), file.size(),
+      [&](std::uint64_t at, char* out, std::size_t n) { file.read_at(at, out, n); },
+      [&] { return torch::jit::load(path, device); });
 }
 
 torch::jit::Module load_model_from_bytes(const std::string& bytes, c10::Device device) {
   GRADCAM_CHECK(!bytes.empty(), "the model data is empty");
   check_device(device);
-  try {
-    std::istringstream in(bytes);
-    torch::jit::Module m = torch::jit::load(in, device);
-    m.eval();
-    return m;
-  } catch (const std::exception& e) {
-    fail_load("the data", e);
-  }
+  return load_checked(
+      "the data", bytes.size(),
+      [&](std::uint64_t at, char* out, std::size_t n) { bytes.copy(out, n, at); },
+      [&] {
+        std::istringstream in(bytes);
+        return torch::jit::load(in, device);
+      });
 }
 
 }  // namespace gradcam
