@@ -7,6 +7,7 @@
 #include <filesystem>
 #include <fstream>
 #include <sstream>
+#include <utility>
 
 #include <gradcam/error.hpp>
 
@@ -54,6 +55,84 @@ std::string read_file(const std::string& path, const char* what) {
   return ss.str();
 }
 
+/// CSV records as RFC 4180 reads them: fields split at commas outside double quotes; "" inside a
+/// quoted field is one quote; a quoted field may hold commas and line breaks; CRLF or LF ends a
+/// record. Also: a UTF-8 byte order mark is skipped, lines starting with '#' and blank lines are
+/// skipped, and unquoted fields are trimmed (a space after a comma is not part of a name).
+/// libcsv is the one CSV parser Debian packages for C/C++, and it has had no release since 2013,
+/// so this is our own, small and fuzzed (fuzz_annotations).
+class CsvRecords {
+ public:
+  CsvRecords(std::string text, std::string path) : s_(std::move(text)), path_(std::move(path)) {
+    if (s_.rfind("\xEF\xBB\xBF", 0) == 0) pos_ = 3;
+  }
+
+  /// The next record's fields and the line it starts on; false at the end.
+  bool next(std::vector<std::string>& fields, int& line) {
+    skip_blank_and_comments();
+    if (pos_ >= s_.size()) return false;
+    fields.clear();
+    line = line_;
+    std::string cell;
+    bool quoted = false, closed = false;
+    auto push = [&] {
+      fields.push_back(quoted ? cell : trim(cell));
+      cell.clear();
+      quoted = closed = false;
+    };
+    while (pos_ < s_.size()) {
+      const char c = s_[pos_++];
+      if (quoted && !closed) {
+        if (c != '"') {
+          if (c == '\n') ++line_;
+          cell += c;
+        } else if (pos_ < s_.size() && s_[pos_] == '"') {
+          cell += '"';
+          ++pos_;
+        } else {
+          closed = true;
+        }
+      } else if (c == ',') {
+        push();
+      } else if (c == '\n' || (c == '\r' && pos_ < s_.size() && s_[pos_] == '\n')) {
+        if (c == '\r') ++pos_;
+        ++line_;
+        push();
+        return true;
+      } else if (c == '"') {
+        GRADCAM_CHECK(!quoted && trim(cell).empty(), path_, ":", line_, ": a double quote inside a field; ",
+                      "quote the whole field and double the quotes in it (\"a \"\"b\"\"\")");
+        quoted = true;
+        cell.clear();
+      } else if (closed) {
+        GRADCAM_CHECK(c == ' ' || c == '\t' || c == '\r', path_, ":", line_,
+                      ": text after the closing quote of a field");
+      } else {
+        cell += c;
+      }
+    }
+    GRADCAM_CHECK(!quoted || closed, path_, ":", line, ": a quoted field is never closed");
+    push();
+    return true;
+  }
+
+ private:
+  void skip_blank_and_comments() {
+    while (pos_ < s_.size()) {
+      size_t end = s_.find('\n', pos_);
+      if (end == std::string::npos) end = s_.size();
+      const std::string t = trim(s_.substr(pos_, end - pos_));
+      if (!t.empty() && t[0] != '#') return;
+      pos_ = end + 1;
+      ++line_;
+    }
+  }
+
+  std::string s_, path_;
+  size_t pos_ = 0;
+  int line_ = 1;
+};
+
 }  // namespace
 
 Labels Labels::read(const std::string& path) {
@@ -89,23 +168,16 @@ std::optional<int64_t> Labels::index(const std::string& key) const {
 }
 
 std::vector<Annotation> read_csv_annotations(const std::string& path, const std::string& images_dir) {
-  std::istringstream in(read_file(path, "annotations file"));
   // joined by path, never through fs::relative: a bare "a.csv" has an empty folder
   const fs::path base = images_dir.empty() ? fs::path(path).parent_path() : fs::path(images_dir);
   std::vector<Annotation> out;
   std::map<std::string, size_t> index;
-  std::string line;
+  CsvRecords records(read_file(path, "annotations file"), path);
+  std::vector<std::string> f;
   int lineno = 0;
-  while (std::getline(in, line)) {
-    ++lineno;
-    const std::string t = trim(line);
-    if (t.empty() || t[0] == '#') continue;
-    std::vector<std::string> f;
-    std::stringstream ss(t);
-    std::string cell;
-    while (std::getline(ss, cell, ',')) f.push_back(trim(cell));
-    if (!t.empty() && t.back() == ',') f.emplace_back();
-    if (lineno == 1 && f.size() == 6 && f[0] == "file") continue;  // header
+  bool first = true;
+  while (records.next(f, lineno)) {
+    if (std::exchange(first, false) && f.size() == 6 && f[0] == "file") continue;  // header
     GRADCAM_CHECK(f.size() == 6, path, ":", lineno, ": expected 6 fields file,label,x0,y0,x1,y1, got ",
                   f.size());
     GRADCAM_CHECK(!f[0].empty(), path, ":", lineno, ": empty file name");
@@ -127,7 +199,7 @@ std::vector<Annotation> read_csv_annotations(const std::string& path, const std:
     b.y0 = v[1];
     b.x1 = v[2];
     b.y1 = v[3];
-    out[it->second].objects.push_back({f[1], b});
+    out[it->second].objects.push_back({f[1], b, concat(path, ":", lineno)});
   }
   GRADCAM_CHECK(!out.empty(), "annotations file '", path, "' has no rows");
   return out;
@@ -203,7 +275,7 @@ Annotation read_voc_annotation(const std::string& xml_path, const std::string& i
     b.y0 = v[1];
     b.x1 = v[2];
     b.y1 = v[3];
-    a.objects.push_back({name.text, b});
+    a.objects.push_back({name.text, b, xml_path});
     pos = stop + 9;
   }
   GRADCAM_CHECK(!a.objects.empty(), xml_path, ": no <object> with a box");

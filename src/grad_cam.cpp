@@ -243,7 +243,7 @@ struct GradCAM::Impl {
         module.to(device);
       }
     }
-    if (module.is_training()) {
+    if (detail::in_training_mode(module)) {
       TORCH_WARN("gradcam: the model is in training mode; explaining it in eval mode "
                  "(batch norm uses running statistics, dropout is off). Call model.eval().");
     }

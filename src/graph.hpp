@@ -112,6 +112,11 @@ void check_input(const Forward& forward, const at::Tensor& input);
 /// The message of a LibTorch exception without its C++ backtrace and TorchScript call stack.
 std::string torch_message(const std::exception& e);
 
+/// Whether the module or a submodule has `training` set. A frozen module (torch.jit.freeze) has no
+/// such attribute: it is not in training mode, although Module::is_training() says it is, because
+/// it reads a missing attribute as true. (model.cpp)
+bool in_training_mode(const torch::jit::Module& module);
+
 /// list_layers on an example input, or on zeros of `shape` whose -1 entries are filled from the
 /// model (channels) or with 224. (layers.cpp)
 LayerListing probe_layers(const torch::jit::Module& module, const at::Tensor& example,

@@ -13,6 +13,8 @@
 #include <gradcam/error.hpp>
 #include <gradcam/grad_cam.hpp>
 
+#include "image_header.hpp"
+
 namespace gradcam {
 
 using detail::concat;
@@ -37,7 +39,17 @@ std::array<int, 4> Geometry::to_input(const std::array<int, 4>& b) const {
           clampi(y1, input_height)};
 }
 
-cv::Mat load_image(const std::string& path) {
+namespace {
+void check_pixels(const std::string& path, std::uint64_t width, std::uint64_t height, int64_t max_pixels,
+                  const char* when) {
+  const auto limit = static_cast<std::uint64_t>(max_pixels);
+  GRADCAM_CHECK(height == 0 || width <= limit / height, "image '", path, "' is ", width, " x ", height,
+                " pixels, more than the limit of ", max_pixels, " pixels (max_pixels; 0: no limit); ", when);
+}
+}  // namespace
+
+cv::Mat load_image(const std::string& path, int64_t max_pixels) {
+  GRADCAM_CHECK(max_pixels >= 0, "max_pixels must be >= 0 (0: no limit), got ", max_pixels);
   std::error_code ec;
   if (!std::filesystem::exists(path, ec)) {
     // a link loop or an unreadable folder is not "does not exist": say what is wrong
@@ -48,6 +60,10 @@ cv::Mat load_image(const std::string& path) {
     fail(concat("image '", path, "' does not exist"));
   }
   GRADCAM_CHECK(!std::filesystem::is_directory(path, ec), "image path '", path, "' is a directory");
+  if (max_pixels > 0) {
+    if (const auto size = detail::image_size_from_header(path))
+      check_pixels(path, size->width, size->height, max_pixels, "it was not decoded");
+  }
   cv::Mat img;
   try {
     img = cv::imread(path, cv::IMREAD_UNCHANGED);
@@ -56,6 +72,10 @@ cv::Mat load_image(const std::string& path) {
   }
   GRADCAM_CHECK(!img.empty(), "image '", path,
                 "' could not be decoded (not an image, truncated, or an unsupported format)");
+  if (max_pixels > 0) {  // formats without a header reader
+    check_pixels(path, static_cast<std::uint64_t>(img.cols), static_cast<std::uint64_t>(img.rows), max_pixels,
+                 "its format's header is not read, so this is after decoding");
+  }
   if (img.depth() == CV_16U) {
     img.convertTo(img, CV_8U, 1.0 / 257.0);
   } else if (img.depth() == CV_32F || img.depth() == CV_64F) {

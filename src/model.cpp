@@ -28,6 +28,15 @@ namespace gradcam {
 void fail(const std::string& message) { throw Error(message); }
 
 namespace detail {
+bool in_training_mode(const torch::jit::Module& module) {
+  for (const auto& m : module.modules()) {
+    if (!m.hasattr("training")) continue;
+    const c10::IValue flag = m.attr("training");
+    if (flag.isBool() && flag.toBool()) return true;
+  }
+  return false;
+}
+
 void internal_error(const char* file, int line, const std::string& what) {
   throw std::logic_error(concat("gradcam internal error at ", file, ":", line, ": ", what,
                                 " (please report this bug)"));
@@ -80,6 +89,12 @@ torch::jit::Module load_checked(const std::string& what, std::uint64_t size,
     fail_load(what, e);
   }
   weights.get();
+  // Everything is explained in eval mode (graph.cpp reads `training` as false); say so once here,
+  // for a model saved in training mode, since the eval() below hides it from later checks.
+  if (detail::in_training_mode(m)) {
+    TORCH_WARN("gradcam: ", what, " was saved in training mode; it is explained in eval mode ",
+               "(batch norm uses running statistics, dropout is off)");
+  }
   m.eval();
   return m;
 }

@@ -216,3 +216,166 @@ TEST_CASE("an image the network cannot take is skipped and named; later images a
   CHECK(r.code == 1);
   CHECK_THAT(r.out, Contains("gradcam: error: class index 10 is out of range"));
 }
+
+TEST_CASE("an image whose model output is NaN is named, recorded with an error, and counted", "[cli][reliability]") {
+  const std::string dir = tmpdir("nan_output");
+  fs::create_directories(dir + "/images");
+  {
+    std::ofstream py(dir + "/make.py");
+    py << "import struct, sys, zlib\nimport torch\n"
+          "class M(torch.nn.Module):\n"
+          "    def __init__(self):\n"
+          "        super().__init__()\n"
+          "        torch.manual_seed(0)\n"
+          "        self.conv = torch.nn.Conv2d(3, 4, 3, padding=1)\n"
+          "        self.fc = torch.nn.Linear(4, 3)\n"
+          "    def forward(self, x):\n"
+          "        y = self.fc(torch.relu(self.conv(x)).mean((2, 3)))\n"
+          "        return y + torch.log(-x.mean((1, 2, 3))).unsqueeze(1)  # NaN when the input is bright\n"
+          "torch.jit.script(M().eval()).save(sys.argv[1] + '/nan_bright.pt')\n"
+          "c = lambda t, d: struct.pack('>I', len(d)) + t + d + struct.pack('>I', zlib.crc32(t + d))\n"
+          "white = zlib.compress(b''.join(b'\\x00' + b'\\xff' * 16 for _ in range(16)))\n"
+          "open(sys.argv[1] + '/images/b_white.png', 'wb').write(b'\\x89PNG\\r\\n\\x1a\\n' + "
+          "c(b'IHDR', struct.pack('>IIBBBBB', 16, 16, 8, 0, 0, 0, 0)) + c(b'IDAT', white) + c(b'IEND', b''))\n";
+  }
+  REQUIRE(run("/usr/bin/python3 " + dir + "/make.py " + dir).code == 0);
+  fs::copy_file(demo("images/0000_zero.png"), dir + "/images/a_digit.png");
+  const std::string cmd = cli() + " explain --model " + dir + "/nan_bright.pt --layer conv" + kDemoFlags +
+                          " --threads 1 --batch 2 --out " + dir + "/out ";
+  Run r = run(cmd + "--images " + dir + "/images");
+  INFO(r.out);
+  CHECK(r.code == 1);
+  const std::string why = "the model's output for it is NaN or infinite, so there is nothing to explain";
+  CHECK_THAT(r.out, Contains("gradcam: skipping " + dir + "/images/b_white.png: " + why));
+  CHECK_THAT(r.out, Contains("gradcam: 1 image(s) could not be read or explained"));
+  const auto records = read_jsonl(dir + "/out/records.jsonl");
+  REQUIRE(records.size() == 2);
+  CHECK(records[0]["image"] == dir + "/images/a_digit.png");
+  CHECK(records[0].contains("files"));
+  CHECK(records[1]["image"] == dir + "/images/b_white.png");
+  CHECK(records[1]["error"] == why);
+  CHECK(!records[1].contains("files"));
+  // the NaN image alone: nothing explained, exit 1
+  r = run(cmd + "--image " + dir + "/images/b_white.png");
+  CHECK(r.code == 1);
+  CHECK_THAT(r.out, Contains("gradcam: skipping " + dir + "/images/b_white.png: " + why));
+}
+
+TEST_CASE("a layer whose map is 1x1 is refused, naming the layers that have a grid", "[cli][reliability]") {
+  const std::string out = tmpdir("one_pixel") + "/o";
+  const Run r = run(explain_cmd(out, "--image " + demo("images/0000_zero.png") + " --layer pool"));
+  INFO(r.out);
+  CHECK(r.code == 1);
+  CHECK_THAT(r.out, Contains("gradcam: error: layer 'pool' gives a 1x1 map for this 64x64 input: a map "
+                             "without spatial extent cannot show where the evidence is; layers with a grid "
+                             "here: block3 (16x16), block2 (32x32), block1 (64x64) (all of them: gradcam layers)"));
+  CHECK(!fs::exists(out + "/records.jsonl"));
+}
+
+namespace {
+/// Models a command-line user may bring (made by torch here): a dict output without 'out', and
+/// a model without convolutions.
+std::string odd_models() {
+  const std::string dir = tmpdir("odd_models");
+  std::ofstream py(dir + "/make.py");
+  py << "import sys\nimport torch\n"
+        "class Dict(torch.nn.Module):\n"
+        "    def __init__(self):\n"
+        "        super().__init__()\n"
+        "        self.conv = torch.nn.Conv2d(3, 4, 3, padding=1)\n"
+        "        self.fc = torch.nn.Linear(4, 3)\n"
+        "    def forward(self, x):\n"
+        "        return {'logits': self.fc(torch.relu(self.conv(x)).mean((2, 3)))}\n"
+        "class Mlp(torch.nn.Module):\n"
+        "    def __init__(self):\n"
+        "        super().__init__()\n"
+        "        self.fc = torch.nn.Linear(3, 10)\n"
+        "    def forward(self, x):\n"
+        "        return self.fc(x.mean((2, 3)))\n"
+        "torch.manual_seed(0)\n"
+        "torch.jit.script(Dict().eval()).save(sys.argv[1] + '/dict_out.pt')\n"
+        "torch.jit.script(Mlp().eval()).save(sys.argv[1] + '/mlp.pt')\n";
+  py.close();
+  REQUIRE(run("/usr/bin/python3 " + dir + "/make.py " + dir).code == 0);
+  return dir;
+}
+}  // namespace
+
+TEST_CASE("command errors give command-line advice, not the library's API", "[cli][reliability]") {
+  const std::string dir = odd_models();
+  const std::string image = " --image " + demo("images/0000_zero.png") + kDemoFlags + " --out " + dir + "/o";
+  Run r = run(cli() + " explain --model " + dir + "/dict_out.pt --layer conv" + image);
+  INFO(r.out);
+  CHECK(r.code == 1);
+  CHECK_THAT(r.out, Contains("the model returns a dict without an 'out' tensor (keys: 'logits'); the gradcam "
+                             "command explains class scores: export a model whose forward returns them as a "
+                             "tensor [N, classes] (or a dict with an 'out' tensor); other outputs need the "
+                             "library's Target::score"));
+  CHECK_THAT(r.out, !Contains("use Target::score to choose"));
+  r = run(cli() + " explain --model " + dir + "/mlp.pt" + image);
+  INFO(r.out);
+  CHECK(r.code == 1);
+  CHECK_THAT(r.out, Contains("; name a layer with --layer (list them with gradcam layers --model MODEL --size H W)"));
+  CHECK_THAT(r.out, !Contains("probe_shape"));
+}
+
+TEST_CASE("training mode: a frozen model is not warned about; one saved in training mode is, without glog's preamble",
+          "[cli][reliability]") {
+  const std::string fixtures = test::env("GRADCAM_FIXTURES");
+  const std::string image = " --image " + demo("images/0000_zero.png") + " --quiet --threads 1 --out " +
+                            tmpdir("training_mode") + "/o";
+  Run r = run(cli() + " explain --model " + fixtures + "/resnet18_frozen.pt --resize 64 --crop 64" + image);
+  INFO(r.out);
+  CHECK(r.code == 0);
+  CHECK_THAT(r.out, !Contains("training mode"));
+  CHECK_THAT(r.out, !Contains("InitGoogleLogging"));
+  const std::string trained = fixtures + "/toy_training_script.pt";
+  r = run(cli() + " explain --model " + trained + " --layer block --resize 0 --crop 0" + image);
+  INFO(r.out);
+  CHECK(r.code == 0);
+  CHECK_THAT(r.out, Contains("gradcam: warning: '" + trained + "' was saved in training mode; it is explained "
+                             "in eval mode (batch norm uses running statistics, dropout is off)\n"));
+  CHECK_THAT(r.out, !Contains("InitGoogleLogging"));
+}
+
+TEST_CASE("a label that names no class is the annotation file's error, with its line", "[cli][reliability]") {
+  const std::string dir = tmpdir("bad_label");
+  std::ofstream(dir + "/a.csv") << "file,label,x0,y0,x1,y1\n0000_zero.png,zero,33,4,53,27\n"
+                                   "0001_zero.png,eleven,23,31,49,54\n";
+  const std::string cmd = cli() + " eval-loc --model " + demo("digits.pt") + " --annotations " + dir +
+                          "/a.csv --images " + demo("test") + kDemoFlags + " --report " + dir + "/r.json";
+  Run r = run(cmd + " --labels " + demo("labels.txt"));
+  INFO(r.out);
+  CHECK(r.code == 1);
+  CHECK_THAT(r.out, Contains("gradcam: error: " + dir + "/a.csv:3: label 'eleven' is neither a class index nor a "
+                             "name in the labels file '" + demo("labels.txt") + "'"));
+  CHECK_THAT(r.out, !Contains("unreadable"));
+  r = run(cmd);
+  CHECK(r.code == 1);
+  CHECK_THAT(r.out, Contains("gradcam: error: " + dir + "/a.csv:2: label 'zero' is not a class index (give "
+                             "--labels FILE to use class names)"));
+  CHECK(!fs::exists(dir + "/r.json"));
+}
+
+TEST_CASE("--max-pixels: an image whose header declares too many pixels is skipped before decoding",
+          "[cli][reliability]") {
+  const std::string dir = tmpdir("max_pixels");
+  fs::create_directories(dir + "/images");
+  fs::copy_file(demo("images/0000_zero.png"), dir + "/images/a.png");
+  {  // 20000 x 20000 declared in 33 bytes
+    std::ofstream out(dir + "/images/bomb.png", std::ios::binary);
+    out << std::string("\x89PNG\r\n\x1a\n\0\0\0\x0dIHDR\0\0\x4e\x20\0\0\x4e\x20\x08\x02\0\0\0\0\0\0\0", 33);
+  }
+  Run r = run(explain_cmd(dir + "/out", "--images " + dir + "/images"));
+  INFO(r.out);
+  CHECK(r.code == 1);
+  CHECK_THAT(r.out, Contains("gradcam: skipping " + dir + "/images/bomb.png: image '" + dir +
+                             "/images/bomb.png' is 20000 x 20000 pixels, more than the limit of 50000000 "
+                             "pixels (--max-pixels; 0: no limit); it was not decoded"));
+  CHECK(read_jsonl(dir + "/out/records.jsonl").size() == 1);
+  // the demo image is 64 x 64
+  r = run(explain_cmd(dir + "/out2", "--image " + dir + "/images/a.png --max-pixels 4095"));
+  CHECK(r.code == 1);
+  CHECK_THAT(r.out, Contains("is 64 x 64 pixels, more than the limit of 4095 pixels (--max-pixels; 0: no limit)"));
+  CHECK(run(explain_cmd(dir + "/out3", "--image " + dir + "/images/a.png --max-pixels 4096")).code == 0);
+}

@@ -179,6 +179,45 @@ TEST_CASE("CSV annotations", "[localize][annotations]") {
   CHECK_THROWS_WITH(gradcam::read_csv_annotations("/no/such.csv"), Contains("/no/such.csv"));
 }
 
+// RFC 4180, section 2: quoted fields hold commas (rule 6), line breaks (6) and doubled quotes (7);
+// CRLF ends a record (1). Each case below was misread by the line-splitting reader before.
+TEST_CASE("CSV annotations are read as RFC 4180 says", "[localize][annotations]") {
+  const auto bom = write("bom.csv", "\xEF\xBB\xBF" "file,label,x0,y0,x1,y1\r\na.png,zero,1,2,3,4\r\n");
+  auto rows = gradcam::read_csv_annotations(bom);
+  REQUIRE(rows.size() == 1);  // the header is recognised behind the byte order mark
+  CHECK(rows[0].image == (fs::path(bom).parent_path() / "a.png").string());
+  CHECK(rows[0].objects[0].label == "zero");
+  CHECK(rows[0].objects[0].box.y1 == 4);
+  CHECK(rows[0].objects[0].source == bom + ":2");
+
+  const auto quoted = write("quoted.csv",
+                            "\"a, b.png\",\"zero\",1,2,3,4\n"
+                            "# a comment\n"
+                            "\n"
+                            "c.png,\"say \"\"hi\"\"\",\"5\",6,7,8\n"
+                            "\"two\nlines.png\",one,0,0,1,1\n"
+                            "d.png,  spaced  ,0,0,1,1\n");
+  rows = gradcam::read_csv_annotations(quoted);
+  REQUIRE(rows.size() == 4);
+  CHECK(rows[0].image == (fs::path(quoted).parent_path() / "a, b.png").string());
+  CHECK(rows[0].objects[0].label == "zero");
+  CHECK(rows[1].objects[0].label == "say \"hi\"");
+  CHECK(rows[1].objects[0].box.x0 == 5);
+  CHECK(rows[1].objects[0].source == quoted + ":4");
+  CHECK(rows[2].image == (fs::path(quoted).parent_path() / "two\nlines.png").string());
+  CHECK(rows[3].objects[0].label == "spaced");
+  CHECK(rows[3].objects[0].source == quoted + ":7");  // the record after a two-line field
+
+  const auto open_quote = write("open.csv", "a.png,zero,0,0,1,1\n\"b.png,zero,0,0,1,1\n");
+  CHECK_THROWS_WITH(gradcam::read_csv_annotations(open_quote), open_quote + ":2: a quoted field is never closed");
+  const auto stray = write("stray.csv", "a\"b.png,zero,0,0,1,1\n");
+  CHECK_THROWS_WITH(gradcam::read_csv_annotations(stray),
+                    stray + ":1: a double quote inside a field; quote the whole field and double the quotes "
+                            "in it (\"a \"\"b\"\"\")");
+  const auto after = write("after.csv", "\"a.png\"x,zero,0,0,1,1\n");
+  CHECK_THROWS_WITH(gradcam::read_csv_annotations(after), after + ":1: text after the closing quote of a field");
+}
+
 TEST_CASE("VOC / ImageNet XML annotations", "[localize][annotations]") {
   const auto ok = write("ok.xml",
                         "<annotation>\n <filename>ILSVRC2012_val_00000001</filename>\n"

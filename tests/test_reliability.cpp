@@ -169,4 +169,51 @@ TEST_CASE("odd images: grayscale, 16-bit, alpha, 1x1, truncated", "[reliability]
   CHECK_THROWS_WITH(gradcam::load_image(path("text.png")), Contains("text.png") && Contains("could not be decoded"));
   CHECK_THROWS_WITH(gradcam::load_image(dir.string()), Contains("is a directory"));
 }
+
+// Each format's header, written by OpenCV's own encoders, gives the size; one pixel over the
+// limit is refused before decoding, the exact count loads. 37 x 23: odd, and not square, so a
+// swapped width and height shows.
+TEST_CASE("the pixel limit is read from each format's header, before decoding", "[reliability][image]") {
+  const fs::path dir = fs::temp_directory_path() / "gradcam_pixel_limit";
+  fs::create_directories(dir);
+  cv::Mat img(23, 37, CV_8UC3);
+  cv::randu(img, 0, 255);
+  cv::Mat gray(23, 37, CV_8UC1, cv::Scalar(7));
+  struct Case {
+    std::string name;
+    const cv::Mat* image;
+    std::vector<int> params;
+  };
+  const std::vector<Case> cases = {
+      {"a.png", &img, {}},
+      {"a.jpg", &img, {}},
+      {"progressive.jpg", &img, {cv::IMWRITE_JPEG_PROGRESSIVE, 1}},
+      {"a.bmp", &img, {}},
+      {"lossy.webp", &img, {cv::IMWRITE_WEBP_QUALITY, 80}},
+      {"lossless.webp", &img, {cv::IMWRITE_WEBP_QUALITY, 101}},
+      {"a.tiff", &img, {}},
+      {"a.ppm", &img, {}},
+      {"a.pgm", &gray, {}},
+  };
+  for (const auto& c : cases) {
+    const std::string path = (dir / c.name).string();
+    INFO(c.name);
+    REQUIRE(cv::imwrite(path, *c.image, c.params));
+    CHECK_THROWS_WITH(gradcam::load_image(path, 37 * 23 - 1),
+                      "image '" + path + "' is 37 x 23 pixels, more than the limit of 850 pixels (max_pixels; "
+                      "0: no limit); it was not decoded");
+    CHECK(gradcam::load_image(path, 37 * 23).size() == cv::Size(37, 23));
+    CHECK(gradcam::load_image(path, 0).size() == cv::Size(37, 23));
+  }
+  // a PNG that declares 20000 x 20000 (1.2 GB as BGR) in 33 bytes: refused, nothing allocated
+  const std::string bomb = (dir / "bomb.png").string();
+  {
+    std::ofstream out(bomb, std::ios::binary);
+    out << std::string("\x89PNG\r\n\x1a\n\0\0\0\x0dIHDR\0\0\x4e\x20\0\0\x4e\x20\x08\x02\0\0\0\0\0\0\0", 33);
+  }
+  CHECK_THROWS_WITH(gradcam::load_image(bomb),
+                    "image '" + bomb + "' is 20000 x 20000 pixels, more than the limit of 50000000 pixels "
+                    "(max_pixels; 0: no limit); it was not decoded");
+  CHECK_THROWS_WITH(gradcam::load_image(bomb, -1), "max_pixels must be >= 0 (0: no limit), got -1");
+}
 #endif

@@ -39,12 +39,15 @@ struct Annotation {
   struct Object {
     std::string label;
     Box box;
+    std::string source;  ///< where it was read: "a.csv:3" (the row's first line), or the XML file
   };
   std::vector<Object> objects;
 };
 
 /// Reads a CSV `file,label,x0,y0,x1,y1` (a header line is optional; several rows per file give
-/// several boxes). Relative image paths are relative to `images_dir` when it is given, else to the
+/// several boxes) as RFC 4180 defines CSV: quoted fields may hold commas, line breaks and doubled
+/// quotes; CRLF or LF ends a row. A UTF-8 byte order mark, blank lines and lines starting with
+/// '#' are skipped; unquoted fields are trimmed. Relative image paths are relative to `images_dir` when it is given, else to the
 /// CSV's folder; absolute ones stay. Throws gradcam::Error naming the file and line of a malformed
 /// row.
 std::vector<Annotation> read_csv_annotations(const std::string& path, const std::string& images_dir = "");

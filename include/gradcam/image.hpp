@@ -11,6 +11,7 @@
 #include <opencv2/imgproc.hpp>  // cv::COLORMAP_* for overlay()
 
 #include <array>
+#include <cstdint>
 #include <string>
 #include <vector>
 
@@ -43,9 +44,16 @@ struct Geometry {
   std::array<int, 4> to_input(const std::array<int, 4>& box) const;
 };
 
+/// The default pixel limit of load_image: 50 megapixels, 150 MB as 8-bit BGR.
+inline constexpr int64_t kMaxImagePixels = 50'000'000;
+
 /// Reads an image as 8-bit BGR: grayscale, 16-bit and alpha images are converted. Throws
-/// gradcam::Error naming the file when it is missing or cannot be decoded.
-cv::Mat load_image(const std::string& path);
+/// gradcam::Error naming the file when it is missing or cannot be decoded, or when it has more
+/// than `max_pixels` pixels (width x height; 0: no limit). For PNG, JPEG, BMP, WebP, TIFF and
+/// PPM/PGM/PBM the size is read from the header and a larger image is refused before it is
+/// decoded: a small file can declare 20000 x 20000 pixels, which OpenCV would allocate (1.2 GB
+/// here, 5.6 GB at the peak of a run). Other formats are checked after decoding.
+cv::Mat load_image(const std::string& path, int64_t max_pixels = kMaxImagePixels);
 
 /// BGR 8-bit image -> normalised RGB float tensor [1,3,H,W]; fills `geometry` if given.
 at::Tensor to_tensor(const cv::Mat& bgr, const Preprocess& pre, Geometry* geometry = nullptr);

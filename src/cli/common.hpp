@@ -26,6 +26,9 @@
 #include <unistd.h>
 #include <vector>
 
+#include <c10/util/Exception.h>
+#include <torch/version.h>
+
 #include <gradcam/gradcam.hpp>
 
 namespace gradcam_cli {
@@ -82,6 +85,7 @@ struct Common {
   std::string labels;
   int threads = 0;
   bool quiet = false;
+  int64_t max_pixels = gradcam::kMaxImagePixels;
 };
 
 inline void add_common(CLI::App* app, Common& c, bool with_model = true) {
@@ -99,6 +103,8 @@ inline void add_common(CLI::App* app, Common& c, bool with_model = true) {
   app->add_option("--std", c.std, "per-channel standard deviation R G B")->expected(3)->check(real_number(0, std::numeric_limits<double>::max(), true))->capture_default_str();
   app->add_option("--labels", c.labels, "class names, one per line")->check(CLI::ExistingFile);
   app->add_option("--threads", c.threads, "intra-op threads (default: all cores; more than the cores are capped, with a warning)")->check(whole_number(1));
+  app->add_option("--max-pixels", c.max_pixels, "refuse images with more pixels (width x height), read from the header before decoding (0: no limit)")
+      ->check(whole_number(0, std::numeric_limits<long long>::max()))->capture_default_str();
   app->add_flag("--quiet,-q", c.quiet, "no progress bar");
 }
 
@@ -159,6 +165,101 @@ class Progress {
   bool enabled_;
   std::chrono::steady_clock::time_point start_;
 };
+
+/// The class an annotated object names: a name in the labels file, or a class index. A label
+/// that is neither is the annotation file's error, named with its file and line.
+inline int64_t class_of(const gradcam::Labels& labels, const gradcam::Annotation::Object& object,
+                        const std::string& labels_path) {
+  const auto c = labels.index(object.label);
+  GRADCAM_CHECK(c.has_value(), object.source, ": label '", object.label, "' is ",
+                labels_path.empty() ? "not a class index (give --labels FILE to use class names)"
+                                    : "neither a class index nor a name in the labels file '" + labels_path + "'");
+  return *c;
+}
+
+/// LibTorch's warnings (TORCH_WARN, and gradcam's own through it) reach Debian's LibTorch's glog,
+/// which prints "WARNING: Logging before InitGoogleLogging() is written to STDERR" and a source
+/// location first. The command prints them as its own lines instead. (The handler is per thread in
+/// LibTorch: this covers the main thread, where models load and explainers are built.)
+class CommandWarnings : public c10::WarningHandler {
+ public:
+#if TORCH_VERSION_MAJOR >= 2
+  void process(const c10::Warning& warning) override { print(warning.msg()); }
+#else
+  void process(const c10::SourceLocation&, const std::string& msg, const bool) override { print(msg); }
+#endif
+  static void install() {
+    static CommandWarnings handler;
+#if TORCH_VERSION_MAJOR >= 2
+    c10::WarningUtils::set_warning_handler(&handler);
+#else
+    c10::Warning::set_warning_handler(&handler);
+#endif
+  }
+
+ private:
+  static void print(std::string msg) {
+    if (msg.rfind("gradcam: ", 0) == 0) msg.erase(0, 9);
+    say() << "warning: " << msg << "\n";
+  }
+};
+
+/// A library message turned into advice a command-line user can follow: the library's errors name
+/// its API (Target::score, probe_shape), which the command does not expose.
+inline std::string for_the_command(std::string message) {
+  static const std::pair<const char*, const char*> advice[] = {
+      {"; use Target::score to choose what to explain",
+       "; the gradcam command explains class scores: export a model whose forward returns them as a "
+       "tensor [N, classes] (or a dict with an 'out' tensor); other outputs need the library's Target::score"},
+      {" (use Target::score for other outputs)",
+       " (the gradcam command explains class scores: export a model whose forward returns them as a tensor "
+       "[N, classes]; other outputs need the library's Target::score)"},
+      {"; name a layer (see `gradcam layers`) or set probe_shape",
+       "; name a layer with --layer (list them with gradcam layers --model MODEL --size H W)"},
+      {"(max_pixels; 0: no limit)", "(--max-pixels; 0: no limit)"},
+  };
+  for (const auto& [library, command] : advice) {
+    const auto at = message.find(library);
+    if (at != std::string::npos) message.replace(at, std::strlen(library), command);
+  }
+  return message;
+}
+
+/// A one-pixel map cannot show where the evidence is. A pooled layer ("pool", [N,C,1,1]) or a
+/// layer too deep for a small image gives one, and the run would write uniform overlays and no
+/// boxes: refuse it, and name, deepest first, the first layer of each grid size at this input.
+inline void check_map_has_extent(const torch::jit::Module& module, const gradcam::GradCAMResult& r,
+                                 const at::Tensor& x) {
+  for (const auto& lm : r.maps) {
+    if (!lm.map.defined() || lm.map.size(2) * lm.map.size(3) > 1) continue;
+    const auto listing = gradcam::list_layers(module, x.narrow(0, 0, 1));
+    std::vector<std::string> grids;
+    std::set<std::pair<int64_t, int64_t>> seen;
+    for (const auto& l : listing.layers) {
+      if (!l.is_tensor || l.shape.size() != 4 || l.shape[2] * l.shape[3] <= 1) continue;
+      if (seen.insert({l.shape[2], l.shape[3]}).second)
+        grids.insert(grids.begin(), l.name + " (" + std::to_string(l.shape[2]) + "x" + std::to_string(l.shape[3]) + ")");
+    }
+    std::string names;
+    for (const auto& g : grids) names += (names.empty() ? "" : ", ") + g;
+    gradcam::fail("layer '" + lm.layer + "' gives a 1x1 map for this " + std::to_string(x.size(2)) + "x" +
+                  std::to_string(x.size(3)) + " input: a map without spatial extent cannot show where " +
+                  "the evidence is; " +
+                  (names.empty() ? "no layer of this model has a grid at this input size: give larger images"
+                                 : "layers with a grid here: " + names + " (all of them: gradcam layers)"));
+  }
+}
+
+/// Why image `n` of `r` explains nothing, or "" when it can be explained: a model output that is
+/// NaN or infinite (its "top class" is then arbitrary and its maps NaN), or a map that is.
+inline std::string nonfinite_reason(const gradcam::GradCAMResult& r, int64_t n) {
+  if (r.logits.defined() && !at::isfinite(r.logits[n]).all().item<bool>())
+    return "the model's output for it is NaN or infinite, so there is nothing to explain";
+  for (const auto& lm : r.maps)
+    if (lm.map.defined() && !at::isfinite(lm.map[n]).all().item<bool>())
+      return "its map at layer '" + lm.layer + "' is NaN or infinite";
+  return "";
+}
 
 /// The image files (by extension) directly in `dir`, sorted; empty if none or not a folder.
 inline std::vector<std::string> list_images_or_empty(const std::string& dir) {

@@ -175,7 +175,7 @@ int run_explain(const ExplainArgs& a) {
   size_t done = 0, failed = 0;
   BatchFailures rejected;
   std::map<std::string, int> stems;
-  bool labels_checked = false;
+  bool labels_checked = false, extent_checked = false;
   for (size_t start = 0; start < images.size() && !g_interrupted;) {
     // a batch of consecutive images whose inputs have the same shape
     std::vector<std::string> paths;
@@ -185,7 +185,7 @@ int run_explain(const ExplainArgs& a) {
     size_t i = start;
     for (; i < images.size() && static_cast<int>(inputs.size()) < a.common.batch; ++i) {
       try {
-        cv::Mat img = gradcam::load_image(images[i]);
+        cv::Mat img = gradcam::load_image(images[i], a.common.max_pixels);
         gradcam::Geometry g;
         at::Tensor t = gradcam::to_tensor(img, pre, &g);
         if (!inputs.empty() && t.sizes() != inputs.front().sizes()) break;
@@ -194,7 +194,7 @@ int run_explain(const ExplainArgs& a) {
         geoms.push_back(g);
         inputs.push_back(t);
       } catch (const gradcam::Error& e) {
-        say() << "skipping " << images[i] << ": " << e.what() << "\n";
+        say() << "skipping " << images[i] << ": " << for_the_command(e.what()) << "\n";
         ++failed;
         ++done;
       }
@@ -211,7 +211,7 @@ int run_explain(const ExplainArgs& a) {
       // the batch. Skip and name them, and go on. The same error on the first batches, before any
       // success, comes from the settings, not the images: stop with it.
       rejected.note(e.what(), done == failed);
-      for (const auto& p : paths) say() << "skipping " << p << ": " << e.what() << "\n";
+      for (const auto& p : paths) say() << "skipping " << p << ": " << for_the_command(e.what()) << "\n";
       failed += paths.size();
       done += paths.size();
       progress.update(done);
@@ -222,10 +222,23 @@ int run_explain(const ExplainArgs& a) {
                     "' has ", labels.size(), " names but the model has ", r.logits.size(1), " classes");
       labels_checked = true;
     }
+    if (!extent_checked) {
+      check_map_has_extent(module, r, x);
+      extent_checked = true;
+    }
     at::Tensor probs = r.logits.defined() ? at::softmax(r.logits.to(at::kFloat), 1).cpu() : at::Tensor();
     const int64_t ranks = r.classes.size(1);
     for (size_t n = 0; n < paths.size(); ++n) {
       const auto ni = static_cast<int64_t>(n);
+      if (const std::string why = nonfinite_reason(r, ni); !why.empty()) {
+        say() << "skipping " << paths[n] << ": " << why << "\n";
+        const json rec = {{"image", paths[n]}, {"error", why}};
+        records.write(rec);
+        if (a.json_lines) std::cout << rec.dump() << std::endl;
+        ++failed;
+        progress.update(++done);
+        continue;
+      }
       std::string stem = fs::path(paths[n]).stem().string();
       if (int k = stems[stem]++; k > 0) stem += "_" + std::to_string(k);
       for (int64_t rank = 0; rank < ranks; ++rank) {
@@ -332,6 +345,9 @@ int run_eval_loc(const EvalArgs& a) {
   const auto annotations = gradcam::read_annotations(a.annotations, a.images_dir);
   gradcam::Labels labels;
   if (!a.common.labels.empty()) labels = gradcam::Labels::read(a.common.labels);
+  // A label that names no class is the annotation file's error, with its line, before any image
+  // runs; not an "unreadable image" among the results.
+  for (const auto& ann : annotations) class_of(labels, ann.objects.front(), a.common.labels);
   gradcam::GradCAM cam(module, gradcam::GradCAMOptions(a.common.layer).keep_signed(true));
   const std::string layer = cam.layers().front();
   const auto pre = preprocess_of(a.common);
@@ -367,15 +383,12 @@ int run_eval_loc(const EvalArgs& a) {
       try {
         Item it;
         it.index = i;
-        auto cls = labels.index(ann.objects.front().label);  // no labels file: indices
-        GRADCAM_CHECK(cls.has_value(), "label '", ann.objects.front().label, "' of ", ann.image,
-                      " is not in the labels file", a.common.labels.empty() ? " (give --labels FILE)" : "");
-        it.true_class = *cls;
+        it.true_class = class_of(labels, ann.objects.front(), a.common.labels);  // checked above
         for (const auto& o : ann.objects) {
           auto oc = labels.index(o.label);
           if (oc && *oc == it.true_class) it.truth.push_back(o.box);
         }
-        it.image = gradcam::load_image(ann.image);
+        it.image = gradcam::load_image(ann.image, a.common.max_pixels);
         it.input = gradcam::to_tensor(it.image, pre, &it.geometry);
         b.items.push_back(std::move(it));
       } catch (const gradcam::Error& e) {
@@ -387,7 +400,7 @@ int run_eval_loc(const EvalArgs& a) {
 
   InterruptGuard interrupt_guard;
   Progress progress(annotations.size(), !a.common.quiet);
-  size_t done = 0, unreadable = 0;
+  size_t done = 0, unreadable = 0, nonfinite = 0;
   double compute_s = 0;
   const auto t_start = std::chrono::steady_clock::now();
   int64_t top_k = -1;
@@ -397,7 +410,7 @@ int run_eval_loc(const EvalArgs& a) {
     Batch batch = next.get();
     start += static_cast<size_t>(a.common.batch);
     if (start < annotations.size()) next = std::async(std::launch::async, load, start);
-    for (const auto& u : batch.unreadable) say() << "skipping unreadable image " << u << "\n";
+    for (const auto& u : batch.unreadable) say() << "skipping unreadable image " << for_the_command(u) << "\n";
     unreadable += batch.unreadable.size();
     done += batch.unreadable.size();
     // inputs of equal shape go through the network together
@@ -411,6 +424,7 @@ int run_eval_loc(const EvalArgs& a) {
       gradcam::GradCAMResult ranked;
       if (top_k < 0) {  // the first batch tells how many classes the model has
         ranked = cam.compute(x, gradcam::Target::topk(1));
+        check_map_has_extent(module, ranked, x);
         top_k = std::min<int64_t>(5, ranked.logits.size(1));
         if (!labels_checked && labels.size()) {
           GRADCAM_CHECK(static_cast<int64_t>(labels.size()) == ranked.logits.size(1), "labels file '",
@@ -454,6 +468,12 @@ int run_eval_loc(const EvalArgs& a) {
       for (size_t i = first; i < last; ++i) {
         const auto n = static_cast<int64_t>(i - first);
         const Item& it = batch.items[i];
+        if (const std::string why = nonfinite_reason(ranked, n); !why.empty()) {
+          say() << "skipping " << annotations[it.index].image << ": " << why << "\n";
+          ++nonfinite;
+          ++done;
+          continue;
+        }
         const std::vector<int64_t> size = {it.geometry.input_height, it.geometry.input_width};
         std::vector<at::Tensor> ups;
         std::vector<int64_t> predicted;
@@ -505,6 +525,7 @@ int run_eval_loc(const EvalArgs& a) {
   report["annotations"] = a.annotations;
   report["images"] = annotations.size();
   report["unreadable"] = unreadable;
+  report["nan_outputs"] = nonfinite;  // images whose output or map was NaN or infinite, skipped
   report["interrupted"] = g_interrupted.load();
   report["connectivity"] = a.connectivity;
   report["largest_by"] = a.by_box_area ? "box_area" : "pixels";
@@ -545,7 +566,7 @@ int run_eval_loc(const EvalArgs& a) {
   }
   std::printf("(accuracies in %%; %.1f images/s; report: %s)\n", report["images_per_s"].get<double>(), a.report.c_str());
   if (g_interrupted) return 130;
-  return unreadable > 0 ? 1 : 0;
+  return unreadable + nonfinite > 0 ? 1 : 0;
 }
 
 struct FaithArgs {
@@ -572,9 +593,12 @@ int run_eval_faith(const FaithArgs& a) {
   auto module = gradcam::load_model(a.common.model, device);
   std::set<std::string> metrics(a.metrics.begin(), a.metrics.end());
   // Images and, with annotations, their true classes (explained); otherwise the top-1 class.
+  gradcam::Labels labels;
+  if (!a.common.labels.empty()) labels = gradcam::Labels::read(a.common.labels);
   std::vector<std::pair<std::string, std::string>> items;  // path, label ("" = predicted class)
   if (!a.annotations.empty()) {
     for (const auto& ann : gradcam::read_annotations(a.annotations, a.images_dir)) {
+      class_of(labels, ann.objects.front(), a.common.labels);  // a bad label is the file's error
       items.emplace_back(ann.image, ann.objects.front().label);
     }
   } else {
@@ -583,8 +607,6 @@ int run_eval_faith(const FaithArgs& a) {
     for (const auto& path : list_images(a.images_dir)) items.emplace_back(path, "");
   }
   if (a.limit > 0 && items.size() > static_cast<size_t>(a.limit)) items.resize(static_cast<size_t>(a.limit));
-  gradcam::Labels labels;
-  if (!a.common.labels.empty()) labels = gradcam::Labels::read(a.common.labels);
 
   std::vector<gradcam::Method> cam_methods;
   bool guided = false;
@@ -622,35 +644,56 @@ int run_eval_faith(const FaithArgs& a) {
   const auto t_start = std::chrono::steady_clock::now();
   for (size_t start = 0; start < items.size() && !g_interrupted;) {
     std::vector<at::Tensor> xs;
-    std::vector<std::string> wanted;
+    std::vector<std::string> wanted, names;
     size_t i = start;
     for (; i < items.size() && static_cast<int>(xs.size()) < a.common.batch; ++i) {
       try {
-        at::Tensor t = gradcam::to_tensor(gradcam::load_image(items[i].first), pre);
+        at::Tensor t = gradcam::to_tensor(gradcam::load_image(items[i].first, a.common.max_pixels), pre);
         if (!xs.empty() && t.sizes() != xs.front().sizes()) break;
         xs.push_back(t);
         wanted.push_back(items[i].second);
+        names.push_back(items[i].first);
       } catch (const gradcam::Error& e) {
-        say() << "skipping unreadable image " << items[i].first << ": " << e.what() << "\n";
+        say() << "skipping unreadable image " << items[i].first << ": " << for_the_command(e.what()) << "\n";
         ++unreadable;
         ++done;
       }
     }
     start = i;
     if (xs.empty()) continue;
-    const at::Tensor x = at::cat(xs, 0).to(device);
-    gradcam::Target target = gradcam::Target::top1();
-    if (!a.annotations.empty()) {
+    at::Tensor x = at::cat(xs, 0).to(device);
+    auto target_of = [&](const std::vector<std::string>& names_wanted) {
+      if (a.annotations.empty()) return gradcam::Target::top1();
       std::vector<int64_t> cls;
-      for (size_t k = 0; k < wanted.size(); ++k) {
-        auto c = labels.index(wanted[k]);
-        GRADCAM_CHECK(c.has_value(), "label '", wanted[k], "' is not in the labels file",
+      for (const auto& w : names_wanted) {
+        auto c = labels.index(w);
+        GRADCAM_CHECK(c.has_value(), "label '", w, "' is not in the labels file",
                       a.common.labels.empty() ? " (give --labels FILE)" : "");
         cls.push_back(*c);
       }
-      target = gradcam::Target::classes(cls);
+      return gradcam::Target::classes(cls);
+    };
+    gradcam::GradCAMResult r = cam.compute(x, target_of(wanted));
+    if (done == unreadable) check_map_has_extent(module, r, x);  // the first batch
+    // An image whose output is NaN would make every sum NaN: name it, drop it, redo the others.
+    std::vector<int64_t> keep;
+    std::vector<std::string> kept_wanted;
+    for (int64_t k = 0; k < x.size(0); ++k) {
+      const std::string why = nonfinite_reason(r, k);
+      if (why.empty()) {
+        keep.push_back(k);
+        kept_wanted.push_back(wanted[static_cast<size_t>(k)]);
+        continue;
+      }
+      say() << "skipping " << names[static_cast<size_t>(k)] << ": " << why << "\n";
+      ++unreadable;
+      ++done;
     }
-    const gradcam::GradCAMResult r = cam.compute(x, target);
+    if (keep.empty()) continue;
+    if (static_cast<int64_t>(keep.size()) < x.size(0)) {
+      x = x.index_select(0, at::tensor(keep, at::kLong).to(device));
+      r = cam.compute(x, target_of(kept_wanted));
+    }
     if (!labels_checked && labels.size() > 0) {
       GRADCAM_CHECK(static_cast<int64_t>(labels.size()) == r.logits.size(1), "labels file '", a.common.labels,
                     "' has ", labels.size(), " names but the model has ", r.logits.size(1), " classes");
@@ -692,7 +735,7 @@ int run_eval_faith(const FaithArgs& a) {
       sanity_inputs.push_back(x.narrow(0, k, 1));
       sanity_classes.push_back(classes[k].item<int64_t>());
     }
-    done += xs.size();
+    done += static_cast<size_t>(x.size(0));
     progress.update(done);
   }
   const double wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count();
@@ -898,6 +941,7 @@ int gradcam_main(int argc, char** argv, bool parse_only = false) {
     return app.exit(e);
   }
   if (parse_only) return 0;
+  CommandWarnings::install();
   try {
     const Common& c = explain->parsed() ? ex.common : eval->parsed() ? ev.common : faith->parsed() ? fa.common
                       : diagnose->parsed() ? da.common : compare->parsed() ? ca.common : lc;
@@ -915,7 +959,7 @@ int gradcam_main(int argc, char** argv, bool parse_only = false) {
     if (compare->parsed()) return gradcam_cli::run_compare(ca);
     return run_layers(lc, size, layers_json);
   } catch (const gradcam::Error& e) {
-    say() << "error: " << e.what() << "\n";
+    say() << "error: " << for_the_command(e.what()) << "\n";
     return 1;
   } catch (const std::exception& e) {
     say() << "error: " << e.what() << "\n";

@@ -156,6 +156,7 @@ int run_diagnose(const DiagnoseArgs& a) {
   make_dir(a.out);
   make_dir((fs::path(a.out) / "panels").string());
   make_dir((fs::path(a.out) / "thumbs").string());
+  const OutputLock lock(a.out);  // a second diagnose into this folder would mix its panels in
 
   gradcam::GradCAM cam(module, gradcam::GradCAMOptions(a.common.layer).guided(gradcam::GuidedMode::guided));
   const std::string layer = cam.layers().front();
@@ -184,7 +185,7 @@ int run_diagnose(const DiagnoseArgs& a) {
     for (; i < items.size() && static_cast<int>(xs.size()) < a.common.batch; ++i) {
       try {
         gradcam::Geometry g;
-        cv::Mat img = gradcam::load_image(items[i].path);
+        cv::Mat img = gradcam::load_image(items[i].path, a.common.max_pixels);
         at::Tensor t = gradcam::to_tensor(img, pre, &g);
         if (!xs.empty() && t.sizes() != xs.front().sizes()) break;
         originals.push_back(img);
@@ -192,7 +193,7 @@ int run_diagnose(const DiagnoseArgs& a) {
         xs.push_back(t);
         index.push_back(i);
       } catch (const gradcam::Error& e) {
-        say() << "skipping unreadable image " << items[i].path << ": " << e.what() << "\n";
+        say() << "skipping unreadable image " << items[i].path << ": " << for_the_command(e.what()) << "\n";
         ++unreadable;
         ++done;
       }
@@ -213,6 +214,12 @@ int run_diagnose(const DiagnoseArgs& a) {
       const int64_t t = truth[index[k]];
       GRADCAM_CHECK(t < num_classes, "class ", t, " of ", items[index[k]].path, " is out of range: the model has ",
                     num_classes, " classes");
+      if (!at::isfinite(logits[static_cast<int64_t>(k)]).all().item<bool>()) {
+        say() << "skipping " << items[index[k]].path
+              << ": the model's output for it is NaN or infinite, so there is no prediction\n";
+        ++unreadable;
+        continue;
+      }
       const int64_t p = pred[static_cast<int64_t>(k)].item<int64_t>();
       ++confusion[{t, p}];
       if (p == t) {
@@ -230,6 +237,7 @@ int run_diagnose(const DiagnoseArgs& a) {
         tc.push_back(truth[index[static_cast<size_t>(k)]]);
       }
       const gradcam::GradCAMResult rp = cam.compute(xw, gradcam::Target::classes(pc));
+      check_map_has_extent(module, rp, xw);
       const gradcam::GradCAMResult rt = cam.compute(xw, gradcam::Target::classes(tc));
       for (size_t w = 0; w < wrong.size(); ++w) {
         const auto wi = static_cast<int64_t>(w);
@@ -388,6 +396,7 @@ int run_compare(const CompareArgs& a) {
   std::vector<int64_t> truth;
   if (labelled) truth = resolve_labels(items, labels, a.common.labels, a.annotations.empty());
   make_dir((fs::path(a.out) / "panels").string());
+  const OutputLock lock(a.out);
 
   gradcam::GradCAM cam_a(model_a, gradcam::GradCAMOptions(a.common.layer));
   gradcam::GradCAM cam_b(model_b, gradcam::GradCAMOptions(a.layer_b.empty() ? a.common.layer : a.layer_b));
@@ -406,19 +415,27 @@ int run_compare(const CompareArgs& a) {
     gradcam::Geometry g;
     at::Tensor x;
     try {
-      img = gradcam::load_image(items[i].path);
+      img = gradcam::load_image(items[i].path, a.common.max_pixels);
       x = gradcam::to_tensor(img, pre, &g).to(device);
     } catch (const gradcam::Error& e) {
-      say() << "skipping unreadable image " << items[i].path << ": " << e.what() << "\n";
+      say() << "skipping unreadable image " << items[i].path << ": " << for_the_command(e.what()) << "\n";
       ++unreadable;
       continue;
     }
     // By default the true class, kept only where both models are right (the paper's trust study);
     // unlabelled images: model A's prediction.
     const gradcam::GradCAMResult ra0 = cam_a.compute(x);
+    check_map_has_extent(model_a, ra0, x);
     const int64_t pred_a = ra0.classes[0][0].item<int64_t>();
     const int64_t cls = labelled ? truth[i] : pred_a;
     const gradcam::GradCAMResult rb = cam_b.compute(x, gradcam::Target::classes({cls}));
+    check_map_has_extent(model_b, rb, x);
+    const std::string why_a = nonfinite_reason(ra0, 0), why_b = nonfinite_reason(rb, 0);
+    if (!why_a.empty() || !why_b.empty()) {
+      say() << "skipping " << items[i].path << ": " << (why_a.empty() ? "model B: " + why_b : "model A: " + why_a) << "\n";
+      ++unreadable;
+      continue;
+    }
     GRADCAM_CHECK(!labelled || cls < ra0.logits.size(1), "class ", cls, " of ", items[i].path,
                   " is out of range: model A has ", ra0.logits.size(1), " classes");
     const int64_t pred_b = rb.logits.argmax(1)[0].item<int64_t>();
