@@ -250,6 +250,18 @@ inline void check_map_has_extent(const torch::jit::Module& module, const gradcam
   }
 }
 
+/// The CAM methods of the library, by command-line name.
+inline std::vector<std::string> cam_method_names() {
+  std::vector<std::string> out;
+  for (auto m : gradcam::all_methods()) out.emplace_back(gradcam::method_name(m));
+  return out;
+}
+
+inline bool is_cam_method(const std::string& name) {
+  const auto names = cam_method_names();
+  return std::find(names.begin(), names.end(), name) != names.end();
+}
+
 /// Why image `n` of `r` explains nothing, or "" when it can be explained: a model output that is
 /// NaN or infinite (its "top class" is then arbitrary and its maps NaN), or a map that is.
 inline std::string nonfinite_reason(const gradcam::GradCAMResult& r, int64_t n) {

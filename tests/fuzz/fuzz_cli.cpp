@@ -1,10 +1,13 @@
 // libFuzzer target: the gradcam command line. The input is split into arguments at newlines;
 // parsing must end in success or a clear error, never a crash. Nothing is executed.
-#define GRADCAM_CLI_NO_MAIN
-#include "../../src/cli/main.cpp"
-#include "../../src/cli/workflows.cpp"  // NOLINT: the whole command in one unit
+#include <gradcam/error.hpp>
 
+#include <cstdint>
 #include <cstdio>
+#include <string>
+#include <vector>
+
+#include "../../src/cli/commands.hpp"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   std::vector<std::string> args = {"gradcam"};
@@ -26,7 +29,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   static FILE* quiet = [] { std::freopen("/dev/null", "w", stdout); return stdout; }();
   (void)quiet;
   try {
-    (void)gradcam_main(static_cast<int>(args.size()), argv.data(), /*parse_only=*/true);
+    (void)gradcam_cli::gradcam_main(static_cast<int>(args.size()), argv.data(), /*parse_only=*/true);
   } catch (const gradcam::Error&) {
   }
   return 0;

@@ -1,16 +1,24 @@
-// src/cli/workflows.cpp: `gradcam diagnose` and `gradcam compare` (see workflows.hpp). Public API only.
-#include "workflows.hpp"
-
+// src/cli/diagnose.cpp: `gradcam diagnose`: the misclassified images of a labelled set, each with
+// panels of the predicted and the true class (image | Grad-CAM | Guided Grad-CAM), an offline
+// HTML report (confusions, worst first) and a JSON summary.
 #include <ATen/ATen.h>
 #include <torch/csrc/jit/api/module.h>
 
+#include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
 #include <opencv2/imgproc.hpp>
 
 #include <iomanip>
 #include <iostream>
 #include <map>
+#include <memory>
 #include <sstream>
+
+#include <gradcam/gradcam.hpp>
+
+#include "commands.hpp"
+#include "common.hpp"
+#include "image_sets.hpp"
 
 namespace gradcam_cli {
 
@@ -18,67 +26,15 @@ using json = nlohmann::json;
 
 namespace {
 
-/// One image of a labelled (or unlabelled) set.
-struct Item {
-  std::string path;
-  std::string label;  // "" when unlabelled
+struct DiagnoseArgs {
+  Common common;
+  std::string annotations;
+  std::string images_dir;
+  std::string out = "diagnose_out";
+  double alpha = 0.5;
+  int panel_height = 192;
+  int limit = 0;
 };
-
-/// Images with labels from annotations (CSV / XML), class folders (DIR/<class>/*.png), or, when
-/// labels are optional, a flat folder.
-std::vector<Item> read_set(const std::string& annotations, const std::string& images_dir, bool need_labels) {
-  std::vector<Item> items;
-  if (!annotations.empty()) {
-    for (const auto& ann : gradcam::read_annotations(annotations, images_dir)) {
-      items.push_back({ann.image, ann.objects.front().label});
-    }
-    return items;
-  }
-  GRADCAM_CHECK(!images_dir.empty(), "give --annotations FILE|DIR or --images DIR (one folder per class)");
-  std::error_code ec;
-  GRADCAM_CHECK(fs::is_directory(images_dir, ec), "--images '", images_dir, "' is not a directory");
-  std::vector<std::string> classes;
-  for (const auto& e : fs::directory_iterator(images_dir, ec)) {
-    if (e.is_directory()) classes.push_back(e.path().filename().string());
-  }
-  std::sort(classes.begin(), classes.end());
-  if (classes.empty()) {
-    GRADCAM_CHECK(!need_labels, "--images '", images_dir, "' has no class folders: put each class's images in "
-                  "DIR/<class name or index>/, or give --annotations");
-    for (const auto& p : list_images(images_dir)) items.push_back({p, ""});
-    return items;
-  }
-  for (const auto& c : classes) {
-    for (const auto& p : list_images_or_empty((fs::path(images_dir) / c).string())) items.push_back({p, c});
-  }
-  GRADCAM_CHECK(!items.empty(), "the class folders of '", images_dir, "' contain no images");
-  return items;
-}
-
-/// Class index of every item's label; throws naming the unknown label / folder and the choices.
-std::vector<int64_t> resolve_labels(const std::vector<Item>& items, const gradcam::Labels& labels,
-                                    const std::string& labels_path, bool folders) {
-  std::vector<int64_t> out;
-  std::map<std::string, int64_t> seen;
-  for (const auto& it : items) {
-    auto f = seen.find(it.label);
-    if (f == seen.end()) {
-      auto c = labels.index(it.label);
-      if (!c) {
-        std::string known;
-        for (size_t i = 0; i < labels.size() && i < 12; ++i) known += (i ? ", " : "") + labels.name(static_cast<int64_t>(i));
-        if (labels.size() > 12) known += ", ...";
-        gradcam::fail(gradcam::detail::concat(
-            folders ? "class folder '" : "label '", it.label, "' (", it.path, ") is not ",
-            labels_path.empty() ? "a class index (give --labels FILE to use class names)"
-                                : "in the labels file '" + labels_path + "' (its classes: " + known + ")"));
-      }
-      f = seen.emplace(it.label, *c).first;
-    }
-    out.push_back(f->second);
-  }
-  return out;
-}
 
 std::string html_escape(const std::string& s) {
   std::string o;
@@ -111,38 +67,6 @@ std::string fmt(double v, int prec = 3) {
   std::ostringstream o;
   o << std::fixed << std::setprecision(prec) << v;
   return o.str();
-}
-
-void make_dir(const std::string& dir) {
-  std::error_code ec;
-  fs::create_directories(dir, ec);
-  GRADCAM_CHECK(fs::is_directory(dir, ec), "cannot create output directory '", dir, "'");
-}
-
-/// A unique file stem per image (same names in different folders get a suffix).
-std::string unique_stem(const std::string& path, std::map<std::string, int>& used) {
-  std::string stem = fs::path(path).stem().string();
-  for (auto& c : stem) {
-    if (c == '/' || c == '\\' || c == '%' || c == '#' || c == '?') c = '_';
-  }
-  if (int k = used[stem]++; k > 0) stem += "_" + std::to_string(k);
-  return stem;
-}
-
-}  // namespace
-
-CLI::App* add_diagnose(CLI::App& app, DiagnoseArgs& a) {
-  auto* d = app.add_subcommand("diagnose", "find misclassified images and explain them: panels of the predicted and the "
-                                           "true class, an HTML report and a JSON summary");
-  add_common(d, a.common);
-  d->add_option("--annotations", a.annotations, "CSV file,label,... or a folder of VOC/ImageNet XML files");
-  d->add_option("--images", a.images_dir, "a folder with one sub-folder of images per class (name or index), or the "
-                                          "images of XML annotations");
-  d->add_option("--out", a.out, "output folder (index.html, summary.json, panels/, thumbs/)")->capture_default_str();
-  d->add_option("--alpha", a.alpha, "heatmap opacity")->check(real_number(0, 1))->capture_default_str();
-  d->add_option("--panel-height", a.panel_height, "tile height in pixels")->check(whole_number(32, 2048))->capture_default_str();
-  d->add_option("--limit", a.limit, "use only the first N images (0: all)")->check(whole_number(0));
-  return d;
 }
 
 int run_diagnose(const DiagnoseArgs& a) {
@@ -362,122 +286,19 @@ int run_diagnose(const DiagnoseArgs& a) {
   return unreadable > 0 ? 1 : 0;
 }
 
-CLI::App* add_compare(CLI::App& app, CompareArgs& a) {
-  auto* c = app.add_subcommand("compare", "two models' Grad-CAM side by side for the same class, with their rank "
-                                          "correlation and the IoU of their localization boxes");
-  add_common(c, a.common, /*with_model=*/false);
-  c->add_option("--model", a.models, "the two TorchScript models (--model A.pt --model B.pt)")
-      ->required()->expected(1)->check(CLI::ExistingFile)->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
-  c->add_option("--layer-b", a.layer_b, "the second model's layer (default: --layer)");
-  c->add_option("--image", a.images, "image file(s)")->expected(1, -1);
-  c->add_option("--images", a.images_dir, "a folder of images, or one sub-folder per class (labelled)");
-  c->add_option("--annotations", a.annotations, "CSV or XML annotations: labelled images");
-  c->add_option("--out", a.out, "output folder (compare.json, panels/)")->capture_default_str();
-  c->add_option("--threshold", a.threshold, "localization box threshold (x max)")->check(real_number(0, 1))->capture_default_str();
-  c->add_option("--panel-height", a.panel_height, "tile height in pixels")->check(whole_number(32, 2048))->capture_default_str();
-  return c;
-}
+}  // namespace
 
-int run_compare(const CompareArgs& a) {
-  GRADCAM_CHECK(a.models.size() == 2, "compare needs exactly two models (--model A.pt --model B.pt), got ", a.models.size());
-  const c10::Device device(a.common.device);
-  auto model_a = gradcam::load_model(a.models[0], device);
-  auto model_b = gradcam::load_model(a.models[1], device);
-  std::vector<Item> items;
-  for (const auto& p : a.images) items.push_back({p, ""});
-  if (!a.images_dir.empty() || !a.annotations.empty()) {
-    auto more = read_set(a.annotations, a.images_dir, false);
-    items.insert(items.end(), more.begin(), more.end());
-  }
-  GRADCAM_CHECK(!items.empty(), "no images given: use --image PATH, --images DIR or --annotations");
-  const bool labelled = std::all_of(items.begin(), items.end(), [](const Item& i) { return !i.label.empty(); });
-  gradcam::Labels labels;
-  if (!a.common.labels.empty()) labels = gradcam::Labels::read(a.common.labels);
-  std::vector<int64_t> truth;
-  if (labelled) truth = resolve_labels(items, labels, a.common.labels, a.annotations.empty());
-  make_dir((fs::path(a.out) / "panels").string());
-  const OutputLock lock(a.out);
-
-  gradcam::GradCAM cam_a(model_a, gradcam::GradCAMOptions(a.common.layer));
-  gradcam::GradCAM cam_b(model_b, gradcam::GradCAMOptions(a.layer_b.empty() ? a.common.layer : a.layer_b));
-  const auto pre = preprocess_of(a.common);
-  const int colormap = gradcam::colormap_from_name("jet");
-  auto name_of = [&](int64_t c) { return labels.size() ? labels.name(c) : std::to_string(c); };
-
-  json rows = json::array();
-  std::map<std::string, int> stems;
-  double sum_rho = 0, sum_iou = 0;
-  size_t compared = 0, skipped = 0, unreadable = 0;
-  Progress progress(items.size(), !a.common.quiet);
-  for (size_t i = 0; i < items.size(); ++i) {
-    progress.update(i + 1);
-    cv::Mat img;
-    gradcam::Geometry g;
-    at::Tensor x;
-    try {
-      img = gradcam::load_image(items[i].path, a.common.max_pixels);
-      x = gradcam::to_tensor(img, pre, &g).to(device);
-    } catch (const gradcam::Error& e) {
-      say() << "skipping unreadable image " << items[i].path << ": " << for_the_command(e.what()) << "\n";
-      ++unreadable;
-      continue;
-    }
-    // By default the true class, kept only where both models are right (the paper's trust study);
-    // unlabelled images: model A's prediction.
-    const gradcam::GradCAMResult ra0 = cam_a.compute(x);
-    check_map_has_extent(model_a, ra0, x);
-    const int64_t pred_a = ra0.classes[0][0].item<int64_t>();
-    const int64_t cls = labelled ? truth[i] : pred_a;
-    const gradcam::GradCAMResult rb = cam_b.compute(x, gradcam::Target::classes({cls}));
-    check_map_has_extent(model_b, rb, x);
-    const std::string why_a = nonfinite_reason(ra0, 0), why_b = nonfinite_reason(rb, 0);
-    if (!why_a.empty() || !why_b.empty()) {
-      say() << "skipping " << items[i].path << ": " << (why_a.empty() ? "model B: " + why_b : "model A: " + why_a) << "\n";
-      ++unreadable;
-      continue;
-    }
-    GRADCAM_CHECK(!labelled || cls < ra0.logits.size(1), "class ", cls, " of ", items[i].path,
-                  " is out of range: model A has ", ra0.logits.size(1), " classes");
-    const int64_t pred_b = rb.logits.argmax(1)[0].item<int64_t>();
-    if (labelled && (pred_a != cls || pred_b != cls)) {
-      ++skipped;
-      continue;
-    }
-    const gradcam::GradCAMResult ra = pred_a == cls ? ra0 : cam_a.compute(x, gradcam::Target::classes({cls}));
-    const std::vector<int64_t> size = {g.input_height, g.input_width};
-    const at::Tensor ma = gradcam::upsample(ra.maps.front().map[0][0], size);
-    const at::Tensor mb = gradcam::upsample(rb.maps.front().map[0][0], size);
-    const double rho = gradcam::spearman(ma.unsqueeze(0), mb.unsqueeze(0))[0].item<double>();
-    const auto opts = gradcam::LocalizeOptions().threshold(a.threshold);
-    const auto ba = gradcam::localize(ma, opts).front().box;
-    const auto bb = gradcam::localize(mb, opts).front().box;
-    const double iou = ba && bb ? gradcam::iou(*ba, *bb) : 0.0;
-    const double pa = at::softmax(ra.logits.to(at::kDouble), 1)[0][cls].item<double>();
-    const double pb = at::softmax(rb.logits.to(at::kDouble), 1)[0][cls].item<double>();
-    cv::Mat oa = gradcam::overlay(img, gradcam::map_to_image(ma, g), colormap, 0.5);
-    cv::Mat ob = gradcam::overlay(img, gradcam::map_to_image(mb, g), colormap, 0.5);
-    const std::string stem = unique_stem(items[i].path, stems);
-    const std::string panel = "panels/" + stem + ".png";
-    gradcam::save_image((fs::path(a.out) / panel).string(),
-                        gradcam::panel({img, oa, ob},
-                                       {name_of(cls), "A p=" + fmt(pa, 2), "B p=" + fmt(pb, 2) + " rho=" + fmt(rho, 2)},
-                                       a.panel_height));
-    rows.push_back({{"image", items[i].path}, {"class", cls}, {"label", name_of(cls)}, {"p_a", pa}, {"p_b", pb},
-                    {"spearman", rho}, {"box_iou", iou}, {"panel", panel}});
-    sum_rho += rho;
-    sum_iou += iou;
-    ++compared;
-  }
-  const double n = static_cast<double>(std::max<size_t>(compared, 1));
-  json report = {{"model_a", a.models[0]}, {"model_b", a.models[1]}, {"layer_a", cam_a.layers().front()},
-                 {"layer_b", cam_b.layers().front()}, {"class", labelled ? "true class, both models right" : "model A's prediction"},
-                 {"compared", compared}, {"skipped_not_both_right", skipped}, {"unreadable", unreadable},
-                 {"mean_spearman", sum_rho / n}, {"mean_box_iou", sum_iou / n}, {"images", rows}};
-  write_atomically((fs::path(a.out) / "compare.json").string(), report.dump(2) + "\n");
-  std::printf("compared %zu image(s)%s: mean rank correlation %.3f, mean box IoU %.3f; %s\n", compared,
-              labelled ? gradcam::detail::concat(" (", skipped, " skipped: not both right)").c_str() : "", sum_rho / n,
-              sum_iou / n, (fs::path(a.out) / "compare.json").string().c_str());
-  return unreadable > 0 ? 1 : 0;
+Subcommand add_diagnose(CLI::App* d) {
+  auto da = std::make_shared<DiagnoseArgs>();
+  add_common(d, da->common);
+  d->add_option("--annotations", da->annotations, "CSV file,label,... or a folder of VOC/ImageNet XML files");
+  d->add_option("--images", da->images_dir, "a folder with one sub-folder of images per class (name or index), or the "
+                                           "images of XML annotations");
+  d->add_option("--out", da->out, "output folder (index.html, summary.json, panels/, thumbs/)")->capture_default_str();
+  d->add_option("--alpha", da->alpha, "heatmap opacity")->check(real_number(0, 1))->capture_default_str();
+  d->add_option("--panel-height", da->panel_height, "tile height in pixels")->check(whole_number(32, 2048))->capture_default_str();
+  d->add_option("--limit", da->limit, "use only the first N images (0: all)")->check(whole_number(0));
+  return {&da->common, [da] { return run_diagnose(*da); }};
 }
 
 }  // namespace gradcam_cli

@@ -1,0 +1,299 @@
+// src/cli/eval_faith.cpp: `gradcam eval-faith`: faithfulness of explanations (deletion and
+// insertion AUC, Average Drop, Increase in Confidence, ROAD) and the parameter-randomisation check.
+#include <ATen/ATen.h>
+#include <torch/csrc/jit/api/module.h>
+
+#include <CLI/CLI.hpp>
+#include <nlohmann/json.hpp>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <future>
+#include <iomanip>
+#include <iostream>
+#include <map>
+#include <memory>
+#include <set>
+
+#include <gradcam/gradcam.hpp>
+
+#include "commands.hpp"
+#include "common.hpp"
+
+namespace gradcam_cli {
+
+using json = nlohmann::json;
+
+namespace {
+
+struct FaithArgs {
+  Common common;
+  std::string annotations;
+  std::string images_dir;
+  std::vector<std::string> methods = {"gradcam"};
+  std::vector<std::string> metrics = {"deletion", "insertion", "drop", "road"};
+  int steps = 50;
+  int sanity = 0;
+  int limit = 0;
+  int perturbation_batch = 32;
+  std::string report = "eval_faith.json";
+};
+
+/// Sums per method for eval-faith.
+struct FaithSums {
+  double n = 0, deletion = 0, insertion = 0, drop = 0, increase = 0, morf = 0, lerf = 0;
+  std::vector<double> deletion_curve, insertion_curve;
+};
+
+int run_eval_faith(const FaithArgs& a) {
+  const c10::Device device(a.common.device);
+  auto module = gradcam::load_model(a.common.model, device);
+  std::set<std::string> metrics(a.metrics.begin(), a.metrics.end());
+  // Images and, with annotations, their true classes (explained); otherwise the top-1 class.
+  gradcam::Labels labels;
+  if (!a.common.labels.empty()) labels = gradcam::Labels::read(a.common.labels);
+  std::vector<std::pair<std::string, std::string>> items;  // path, label ("" = predicted class)
+  if (!a.annotations.empty()) {
+    for (const auto& ann : gradcam::read_annotations(a.annotations, a.images_dir)) {
+      class_of(labels, ann.objects.front(), a.common.labels);  // a bad label is the file's error
+      items.emplace_back(ann.image, ann.objects.front().label);
+    }
+  } else {
+    GRADCAM_CHECK(!a.images_dir.empty(), "give --annotations FILE (explains the true classes) or --images DIR "
+                  "(explains the predicted classes)");
+    for (const auto& path : list_images(a.images_dir)) items.emplace_back(path, "");
+  }
+  if (a.limit > 0 && items.size() > static_cast<size_t>(a.limit)) items.resize(static_cast<size_t>(a.limit));
+
+  std::vector<gradcam::Method> cam_methods;
+  bool guided = false;
+  for (const auto& m : a.methods) {
+    if (m == "guided") {
+      guided = true;
+    } else {
+      cam_methods.push_back(gradcam::method_from_name(m));
+    }
+  }
+  std::vector<std::string> layers = {a.common.layer};
+  gradcam::GradCAMOptions opts(cam_methods.empty() ? std::vector<std::string>{} : layers);
+  if (!cam_methods.empty()) opts.methods(cam_methods);
+  opts.perturbation_batch(a.perturbation_batch).guided(guided ? gradcam::GuidedMode::guided : gradcam::GuidedMode::none);
+  gradcam::GradCAM cam(module, opts);
+  const std::string layer = cam.layers().empty() ? std::string("(input)") : cam.layers().front();
+  const auto pre = preprocess_of(a.common);
+  const gradcam::ScoreModel model = gradcam::score_model(module);
+  const auto curve_opts = gradcam::CurveOptions().steps(a.steps).batch(std::max(a.common.batch, 32));
+  const auto road_opts = gradcam::RoadOptions().batch(std::max(a.common.batch, 32));
+
+  /// The saliency [N,1,h,w] of `method` in a result.
+  auto saliency = [&](const gradcam::GradCAMResult& r, const std::string& method) {
+    if (method == "guided") return r.guided.at(0).abs().sum(1, true);
+    return r.get(layer, 0, 0, gradcam::method_from_name(method)).map;
+  };
+  std::map<std::string, FaithSums> sums;
+  std::vector<at::Tensor> sanity_inputs;
+  std::vector<int64_t> sanity_classes;
+
+  InterruptGuard interrupt_guard;
+  Progress progress(items.size(), !a.common.quiet);
+  size_t done = 0, unreadable = 0;
+  bool labels_checked = false;
+  const auto t_start = std::chrono::steady_clock::now();
+  for (size_t start = 0; start < items.size() && !g_interrupted;) {
+    std::vector<at::Tensor> xs;
+    std::vector<std::string> wanted, names;
+    size_t i = start;
+    for (; i < items.size() && static_cast<int>(xs.size()) < a.common.batch; ++i) {
+      try {
+        at::Tensor t = gradcam::to_tensor(gradcam::load_image(items[i].first, a.common.max_pixels), pre);
+        if (!xs.empty() && t.sizes() != xs.front().sizes()) break;
+        xs.push_back(t);
+        wanted.push_back(items[i].second);
+        names.push_back(items[i].first);
+      } catch (const gradcam::Error& e) {
+        say() << "skipping unreadable image " << items[i].first << ": " << for_the_command(e.what()) << "\n";
+        ++unreadable;
+        ++done;
+      }
+    }
+    start = i;
+    if (xs.empty()) continue;
+    at::Tensor x = at::cat(xs, 0).to(device);
+    auto target_of = [&](const std::vector<std::string>& names_wanted) {
+      if (a.annotations.empty()) return gradcam::Target::top1();
+      std::vector<int64_t> cls;
+      for (const auto& w : names_wanted) {
+        auto c = labels.index(w);
+        GRADCAM_CHECK(c.has_value(), "label '", w, "' is not in the labels file",
+                      a.common.labels.empty() ? " (give --labels FILE)" : "");
+        cls.push_back(*c);
+      }
+      return gradcam::Target::classes(cls);
+    };
+    gradcam::GradCAMResult r = cam.compute(x, target_of(wanted));
+    if (done == unreadable) check_map_has_extent(module, r, x);  // the first batch
+    // An image whose output is NaN would make every sum NaN: name it, drop it, redo the others.
+    std::vector<int64_t> keep;
+    std::vector<std::string> kept_wanted;
+    for (int64_t k = 0; k < x.size(0); ++k) {
+      const std::string why = nonfinite_reason(r, k);
+      if (why.empty()) {
+        keep.push_back(k);
+        kept_wanted.push_back(wanted[static_cast<size_t>(k)]);
+        continue;
+      }
+      say() << "skipping " << names[static_cast<size_t>(k)] << ": " << why << "\n";
+      ++unreadable;
+      ++done;
+    }
+    if (keep.empty()) continue;
+    if (static_cast<int64_t>(keep.size()) < x.size(0)) {
+      x = x.index_select(0, at::tensor(keep, at::kLong).to(device));
+      r = cam.compute(x, target_of(kept_wanted));
+    }
+    if (!labels_checked && labels.size() > 0) {
+      GRADCAM_CHECK(static_cast<int64_t>(labels.size()) == r.logits.size(1), "labels file '", a.common.labels,
+                    "' has ", labels.size(), " names but the model has ", r.logits.size(1), " classes");
+      labels_checked = true;
+    }
+    const at::Tensor classes = r.classes.select(1, 0).contiguous();
+    for (const auto& method : a.methods) {
+      FaithSums& s = sums[method];
+      const at::Tensor sal = saliency(r, method);
+      const auto n = static_cast<double>(x.size(0));
+      s.n += n;
+      auto add_curve = [](std::vector<double>& acc, const at::Tensor& scores) {
+        const at::Tensor total = scores.sum(0);
+        acc.resize(static_cast<size_t>(total.size(0)), 0.0);
+        for (int64_t k = 0; k < total.size(0); ++k) acc[static_cast<size_t>(k)] += total[k].item<double>();
+      };
+      if (metrics.count("deletion")) {
+        auto c = gradcam::deletion_curve(model, x, sal, classes, curve_opts);
+        s.deletion += c.auc.sum().item<double>();
+        add_curve(s.deletion_curve, c.scores);
+      }
+      if (metrics.count("insertion")) {
+        auto c = gradcam::insertion_curve(model, x, sal, classes, curve_opts);
+        s.insertion += c.auc.sum().item<double>();
+        add_curve(s.insertion_curve, c.scores);
+      }
+      if (metrics.count("drop")) {
+        auto c = gradcam::confidence_change(model, x, sal, classes);
+        s.drop += c.drop.sum().item<double>();
+        s.increase += c.increase.to(at::kDouble).sum().item<double>();
+      }
+      if (metrics.count("road")) {
+        auto c = gradcam::road(model, x, sal, classes, road_opts);
+        s.morf += c.most_relevant_first.mean(1).sum().item<double>();
+        s.lerf += c.least_relevant_first.mean(1).sum().item<double>();
+      }
+    }
+    for (int64_t k = 0; k < x.size(0) && static_cast<int>(sanity_inputs.size()) < a.sanity; ++k) {
+      sanity_inputs.push_back(x.narrow(0, k, 1));
+      sanity_classes.push_back(classes[k].item<int64_t>());
+    }
+    done += static_cast<size_t>(x.size(0));
+    progress.update(done);
+  }
+  const double wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count();
+
+  json report = {{"model", a.common.model}, {"layer", layer}, {"images", done - unreadable},
+                 {"unreadable", unreadable}, {"interrupted", g_interrupted.load()},
+                 {"explained", a.annotations.empty() ? "predicted class" : "true class"},
+                 {"steps", a.steps}, {"seconds", wall}};
+  json per_method = json::object();
+  for (const auto& method : a.methods) {
+    const FaithSums& s = sums[method];
+    json m = json::object();
+    if (s.n > 0) {
+      auto mean_curve = [&](const std::vector<double>& c) {
+        json arr = json::array();
+        for (double v : c) arr.push_back(v / s.n);
+        return arr;
+      };
+      if (metrics.count("deletion")) m["deletion_auc"] = s.deletion / s.n, m["deletion_curve"] = mean_curve(s.deletion_curve);
+      if (metrics.count("insertion")) m["insertion_auc"] = s.insertion / s.n, m["insertion_curve"] = mean_curve(s.insertion_curve);
+      if (metrics.count("drop")) m["average_drop"] = s.drop / s.n, m["increase_in_confidence"] = 100 * s.increase / s.n;
+      if (metrics.count("road")) {
+        m["road_morf"] = s.morf / s.n;
+        m["road_lerf"] = s.lerf / s.n;
+        m["road_combined"] = (s.lerf - s.morf) / (2 * s.n);
+      }
+    }
+    per_method[method] = m;
+  }
+  // Sanity check (Adebayo et al.): cascading randomisation on the first --sanity images.
+  if (!sanity_inputs.empty() && !g_interrupted) {
+    const at::Tensor sx = at::cat(sanity_inputs, 0);
+    const at::Tensor sc = at::tensor(sanity_classes, at::TensorOptions().dtype(at::kLong));
+    for (const auto& method : a.methods) {
+      gradcam::ExplainFn fn = [&](const torch::jit::Module& m, const at::Tensor& in, const at::Tensor& c) {
+        std::vector<int64_t> idx(c.data_ptr<int64_t>(), c.data_ptr<int64_t>() + c.numel());
+        if (method == "guided") {
+          return gradcam::GuidedBackprop(m).compute(in, gradcam::Target::classes(idx)).gradients.at(0).abs().sum(1, true);
+        }
+        const auto meth = gradcam::method_from_name(method);
+        gradcam::GradCAM e(m, gradcam::GradCAMOptions(layer).methods({meth}).perturbation_batch(a.perturbation_batch));
+        return e.compute(in, gradcam::Target::classes(idx)).get(layer, 0, 0, meth).map;
+      };
+      json steps = json::array();
+      for (const auto& st : gradcam::randomization_check(module, sx, sc, fn)) {
+        steps.push_back({{"module", st.module}, {"spearman", st.correlation.mean().item<double>()}});
+      }
+      per_method[method]["sanity"] = steps;
+      per_method[method]["sanity_final_spearman"] = steps.back()["spearman"];
+      per_method[method]["sanity_top_spearman"] = steps.front()["spearman"];
+    }
+    report["sanity_images"] = sanity_inputs.size();
+  }
+  report["methods"] = per_method;
+  write_atomically(a.report, report.dump(2) + "\n");
+  auto cell = [](const json& m, const char* k, int prec) {
+    if (!m.contains(k)) return std::string("-");
+    std::ostringstream o;
+    o << std::fixed << std::setprecision(prec) << m[k].get<double>();
+    return o.str();
+  };
+  std::printf("faithfulness at %s, %zu images (%s)%s\n", layer.c_str(), done - unreadable,
+              report["explained"].get<std::string>().c_str(), g_interrupted ? " (interrupted)" : "");
+  std::printf("| method | deletion AUC (lower better) | insertion AUC (higher) | Average Drop %% (lower) | Increase in Confidence %% (higher) | ROAD MoRF (lower) | ROAD LeRF (higher) | sanity: Spearman after top layer / all layers |\n");
+  std::printf("| --- | --- | --- | --- | --- | --- | --- | --- |\n");
+  for (const auto& method : a.methods) {
+    const json& m = per_method[method];
+    std::printf("| %s | %s | %s | %s | %s | %s | %s | %s / %s |\n", method.c_str(), cell(m, "deletion_auc", 3).c_str(),
+                cell(m, "insertion_auc", 3).c_str(), cell(m, "average_drop", 1).c_str(),
+                cell(m, "increase_in_confidence", 1).c_str(), cell(m, "road_morf", 3).c_str(), cell(m, "road_lerf", 3).c_str(),
+                cell(m, "sanity_top_spearman", 2).c_str(), cell(m, "sanity_final_spearman", 2).c_str());
+  }
+  std::printf("(%.1f s; report: %s)\n", wall, a.report.c_str());
+  if (g_interrupted) return 130;
+  return unreadable > 0 ? 1 : 0;
+}
+
+}  // namespace
+
+Subcommand add_eval_faith(CLI::App* faith) {
+  auto fa = std::make_shared<FaithArgs>();
+  add_common(faith, fa->common);
+  faith->add_option("--annotations", fa->annotations, "CSV or XML folder as for eval-loc: explain each image's true class");
+  faith->add_option("--images", fa->images_dir, "image folder (alone: explain the predicted class; with XML annotations: their images)");
+  std::vector<std::string> faith_methods = cam_method_names();
+  faith_methods.emplace_back("guided");
+  faith->add_option("--method", fa->methods, "methods to compare (several allowed): the CAM methods and guided")
+      ->expected(1, -1)->check(CLI::IsMember(faith_methods))->capture_default_str();
+  faith->add_option("--metrics", fa->metrics, "deletion, insertion, drop (Average Drop + Increase in Confidence), road")
+      ->expected(0, -1)->check(CLI::IsMember({"deletion", "insertion", "drop", "road"}))->capture_default_str();
+  faith->add_option("--steps", fa->steps, "deletion / insertion steps")->check(whole_number(1))->capture_default_str();
+  faith->add_option("--sanity", fa->sanity, "run the parameter-randomisation check on the first N images (0: off)")
+      ->check(whole_number(0))->capture_default_str();
+  faith->add_option("--limit", fa->limit, "use only the first N images (0: all)")->check(whole_number(0));
+  faith->add_option("--perturbation-batch", fa->perturbation_batch, "scorecam / ablationcam: perturbed images per forward pass")
+      ->check(whole_number(1))->capture_default_str();
+  faith->add_option("--report", fa->report, "JSON report to write")->capture_default_str();
+  return {&fa->common, [fa] { return run_eval_faith(*fa); }};
+}
+
+}  // namespace gradcam_cli

@@ -1,0 +1,84 @@
+// src/cli/layers.cpp: `gradcam layers`: a model's layers with their output shapes for the input
+// `explain` would give it; * marks the auto choice.
+#include <ATen/ATen.h>
+#include <torch/csrc/jit/api/module.h>
+
+#include <CLI/CLI.hpp>
+#include <nlohmann/json.hpp>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <future>
+#include <iomanip>
+#include <iostream>
+#include <map>
+#include <memory>
+#include <set>
+
+#include <gradcam/gradcam.hpp>
+
+#include "commands.hpp"
+#include "common.hpp"
+
+namespace gradcam_cli {
+
+using json = nlohmann::json;
+
+namespace {
+
+struct LayersArgs {
+  Common common;
+  std::vector<int> size;
+  bool as_json = false;
+};
+
+int run_layers(const Common& c, const std::vector<int>& size, bool as_json) {
+  auto module = gradcam::load_model(c.model, c10::Device(c.device));
+  // the input explain would give the model: --size, else the crop, else the resized square
+  GRADCAM_CHECK(size.size() == 2 || c.crop > 0 || c.resize > 0,
+                "with --resize 0 --crop 0 the input is each image's own size; give it with --size H W");
+  const int h = size.size() == 2 ? size[0] : c.crop > 0 ? c.crop : c.resize;
+  const int w = size.size() == 2 ? size[1] : c.crop > 0 ? c.crop : c.resize;
+  // channels (-1) come from the model's first convolution
+  auto listing = gradcam::list_layers(module, std::vector<int64_t>{1, -1, h, w});
+  auto shape = [](const std::vector<int64_t>& s) {
+    std::string out = "[";
+    for (size_t i = 0; i < s.size(); ++i) out += (i ? ", " : "") + std::to_string(s[i]);
+    return out + "]";
+  };
+  if (as_json) {
+    json arr = json::array();
+    for (const auto& l : listing.layers) {
+      arr.push_back({{"name", l.name}, {"type", l.type}, {"shape", l.shape}, {"calls", l.calls},
+                     {"is_tensor", l.is_tensor}, {"auto", l.name == listing.auto_layer}});
+    }
+    std::cout << json{{"layers", arr}, {"auto", listing.auto_layer}, {"frozen", listing.frozen}}.dump(2) << "\n";
+    return 0;
+  }
+  size_t width = 5;
+  for (const auto& l : listing.layers) width = std::max(width, l.name.size());
+  std::printf("  %-*s  %-22s  %-22s  %s\n", static_cast<int>(width), "layer", "type", "output shape", "calls");
+  for (const auto& l : listing.layers) {
+    const bool is_auto = l.name == listing.auto_layer;
+    std::printf("%s %-*s  %-22s  %-22s  %lld\n", is_auto ? "*" : " ", static_cast<int>(width), l.name.c_str(),
+                l.type.c_str(), l.is_tensor ? shape(l.shape).c_str() : "(not a tensor)", static_cast<long long>(l.calls));
+  }
+  std::printf("\n* auto = %s (input 1x?x%dx%d)%s\n", listing.auto_layer.c_str(), h, w,
+              listing.frozen ? "; frozen model: names are graph values" : "");
+  return 0;
+}
+
+}  // namespace
+
+Subcommand add_layers(CLI::App* layers) {
+  auto la = std::make_shared<LayersArgs>();
+  add_common(layers, la->common);
+  layers->add_option("--size", la->size, "input height and width")->expected(2)->check(whole_number(1));
+  layers->add_flag("--json", la->as_json, "print JSON");
+  return {&la->common, [la] { return run_layers(la->common, la->size, la->as_json); }};
+}
+
+}  // namespace gradcam_cli
