@@ -37,12 +37,6 @@ struct CompareArgs {
   int panel_height = 192;
 };
 
-std::string fmt(double v, int prec = 3) {
-  std::ostringstream o;
-  o << std::fixed << std::setprecision(prec) << v;
-  return o.str();
-}
-
 int run_compare(const CompareArgs& a) {
   GRADCAM_CHECK(a.models.size() == 2, "compare needs exactly two models (--model A.pt --model B.pt), got ", a.models.size());
   const c10::Device device(a.common.device);

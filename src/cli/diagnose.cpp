@@ -63,12 +63,6 @@ std::string url(const std::string& rel) {
   return o.str();
 }
 
-std::string fmt(double v, int prec = 3) {
-  std::ostringstream o;
-  o << std::fixed << std::setprecision(prec) << v;
-  return o.str();
-}
-
 int run_diagnose(const DiagnoseArgs& a) {
   const c10::Device device(a.common.device);
   auto module = gradcam::load_model(a.common.model, device);

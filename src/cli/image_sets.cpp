@@ -2,7 +2,9 @@
 // folders (image_sets.hpp).
 #include "image_sets.hpp"
 
+#include <iomanip>
 #include <map>
+#include <sstream>
 
 namespace gradcam_cli {
 
@@ -76,6 +78,12 @@ std::string unique_stem(const std::string& path, std::map<std::string, int>& use
   }
   if (int k = used[stem]++; k > 0) stem += "_" + std::to_string(k);
   return stem;
+}
+
+std::string fmt(double v, int prec) {
+  std::ostringstream o;
+  o << std::fixed << std::setprecision(prec) << v;
+  return o.str();
 }
 
 }  // namespace gradcam_cli

@@ -30,6 +30,9 @@ std::vector<int64_t> resolve_labels(const std::vector<Item>& items, const gradca
 /// Creates an output folder (and its parents), or throws naming it.
 void make_dir(const std::string& dir);
 
+/// A number with `prec` decimals, for panel captions and the HTML report.
+std::string fmt(double v, int prec = 3);
+
 /// A unique file stem per image (same names in different folders get a suffix).
 std::string unique_stem(const std::string& path, std::map<std::string, int>& used);
 
