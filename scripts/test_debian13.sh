@@ -4,6 +4,8 @@
 # by that root's torch 2.6. Needs root and Debian's debootstrap (scripts/install_deps.sh).
 #
 #   bash scripts/test_debian13.sh [ctest args...]
+#   bash scripts/test_debian13.sh --root-only      makes (or checks) the root and stops: CI runs
+#                                                  this in the background during the Debian 12 leg
 #
 # DEBIAN13_ROOT (default /var/tmp/gradcam-debian13) is kept, and reused while the package list is
 # the same; the build folder inside it is made anew each run. Timings: docs/reliability.md.
@@ -16,6 +18,10 @@ PACKAGES="g++ cmake ninja-build make libtorch-dev libopencv-dev libcatch2-dev nl
 d13_begin "$ROOT"
 t0=$SECONDS
 d13_make_root "$ROOT" "main" $PACKAGES
+if [ "${1:-}" = "--root-only" ]; then
+  echo "debian13: root ready in $((SECONDS - t0)) s"
+  exit 0
+fi
 d13_mount "$ROOT" "$PWD"
 echo "debian13: root ready in $((SECONDS - t0)) s"
 d13_run "$ROOT" 'echo "debian13: $(dpkg-query -W -f "\${Package} \${Version}, " libtorch-dev libopencv-dev libcatch2-dev python3-torch g++)"'

@@ -3,7 +3,6 @@
 
 #include <nlohmann/json.hpp>
 #include <opencv2/imgcodecs.hpp>
-#include <opencv2/videoio.hpp>
 
 #include <array>
 #include <cstdio>
@@ -184,43 +183,6 @@ TEST_CASE("bad arguments give a message naming them and a non-zero exit", "[cli]
   }
 }
 
-TEST_CASE("the examples run on the demo model", "[cli][examples]") {
-  const std::string dir = env("GRADCAM_EXAMPLES_DIR");
-  const std::string out = tmpdir("examples");
-  std::string img;
-  for (const auto& e : fs::directory_iterator(demo("images"))) img = e.path().string();
-  const std::string model = demo("digits.pt");
-
-  Run a = run(dir + "/example_explain_one " + model + " " + img + " " + out + "/one.png");
-  INFO(a.out);
-  CHECK(a.code == 0);
-  CHECK_FALSE(cv::imread(out + "/one.png").empty());
-
-  Run b = run(dir + "/example_guided_panel " + model + " " + img + " " + out + "/panel.png");
-  CHECK(b.code == 0);
-  cv::Mat panel = cv::imread(out + "/panel.png");
-  REQUIRE_FALSE(panel.empty());
-  CHECK(panel.cols > 4 * panel.rows / 2);  // five tiles side by side
-
-  Run c = run(dir + "/example_localize_boxes " + model + " " + img + " " + out + "/boxes.png");
-  CHECK(c.code == 0);
-  CHECK_THAT(c.out, Contains("box"));
-
-  // a short video made from the demo images
-  const std::string video = out + "/in.avi";
-  {
-    cv::VideoWriter w(video, cv::VideoWriter::fourcc('M', 'J', 'P', 'G'), 10, cv::Size(64, 64));
-    REQUIRE(w.isOpened());
-    for (const auto& e : fs::directory_iterator(demo("images"))) w.write(cv::imread(e.path().string()));
-  }
-  Run d = run(dir + "/example_video " + model + " " + video + " " + out + "/out.avi");
-  CHECK(d.code == 0);
-  CHECK_THAT(d.out, Contains("fps"));
-  cv::VideoCapture check(out + "/out.avi");
-  CHECK(check.isOpened());
-  CHECK(check.get(cv::CAP_PROP_FRAME_COUNT) >= 4);
-}
-
 TEST_CASE("eval-loc writes a report; unreadable images are counted and skipped", "[cli][localize]") {
   const std::string dir = tmpdir("evalloc");
   // a small CSV over three demo test images, one of them truncated, one missing
@@ -262,9 +224,10 @@ TEST_CASE("eval-loc writes a report; unreadable images are counted and skipped",
 TEST_CASE("eval-loc interrupted with Ctrl-C still leaves a valid report", "[cli][localize]") {
   const std::string dir = tmpdir("evalint");
   const std::string report = dir + "/report.json";
-  Run r = run("timeout --preserve-status -s INT 3 " + cli() + " eval-loc --model " + demo("digits.pt") + " --annotations " +
-              demo("test/annotations.csv") + " --labels " + demo("labels.txt") +
-              " --resize 0 --crop 0 --batch 1 --threads 1 --sweep --quiet --report " + report);
+  Run r = test::run_interrupted(cli() + " eval-loc --model " + demo("digits.pt") + " --annotations " +
+                                    demo("test/annotations.csv") + " --labels " + demo("labels.txt") +
+                                    " --resize 0 --crop 0 --batch 1 --threads 1 --sweep --quiet --report " + report,
+                                test::catches_sigint());
   INFO(r.out);
   REQUIRE(fs::exists(report));
   std::ifstream in(report);
@@ -273,7 +236,7 @@ TEST_CASE("eval-loc interrupted with Ctrl-C still leaves a valid report", "[cli]
     CHECK(rep["interrupted"] == true);
     CHECK(rep["n"].get<int64_t>() < 300);
   } else {
-    WARN("eval-loc finished all 300 images within 3 s; the interruption was not exercised");
+    WARN("eval-loc finished all 300 images before the interrupt; it was not exercised");
     CHECK(rep["n"] == 300);
   }
 }
@@ -388,28 +351,6 @@ TEST_CASE("eval-faith: report figures equal the library's metrics", "[cli][faith
   r = run(cli() + " eval-faith --model " + demo("digits.pt") + " --quiet");
   CHECK(r.code != 0);
   CHECK_THAT(r.out, Contains("--annotations") && Contains("--images"));
-}
-
-TEST_CASE("the target examples: segmentation region, similarity, any output", "[cli][examples][targets]") {
-  const std::string dir = env("GRADCAM_EXAMPLES_DIR");
-  const std::string out = tmpdir("target_examples");
-  const std::string img = demo("test/0013_three.png");
-  const std::string seg = test::fixture("targets_seg.pt");
-  Run a = run(dir + "/example_segment_region " + seg + " backbone " + img + " 2 " + out + "/seg.png 4 6 20 25");
-  INFO(a.out);
-  CHECK(a.code == 0);
-  CHECK_THAT(a.out, Contains("region score"));
-  CHECK_FALSE(cv::imread(out + "/seg.png").empty());
-  Run b = run(dir + "/example_similar_images " + demo("digits.pt") + " block3 " + img + " " + demo("test/0022_three.png") + " " + out + "/sim.png");
-  INFO(b.out);
-  CHECK(b.code == 0);
-  CHECK_THAT(b.out, Contains("cosine similarity 0.9"));  // two threes: the logits point the same way
-  CHECK_FALSE(cv::imread(out + "/sim.png").empty());
-  Run c = run(dir + "/example_explain_output " + test::fixture("targets_embed.pt") + " backbone " + img + " 1 " + out + "/o.png 2");
-  CHECK(c.code == 0);
-  Run d = run(dir + "/example_explain_output " + test::fixture("targets_embed.pt") + " backbone " + img + " 1 " + out + "/o.png 9");
-  CHECK(d.code == 1);
-  CHECK_THAT(d.out, Contains("index 9 is out of range"));
 }
 
 namespace {

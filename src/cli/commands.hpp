@@ -8,6 +8,7 @@
 #include <functional>
 
 #include "common.hpp"
+#include "entry.hpp"
 
 namespace gradcam_cli {
 
@@ -27,8 +28,5 @@ Subcommand add_eval_loc(CLI::App* sub);    // eval_loc.cpp
 Subcommand add_eval_faith(CLI::App* sub);  // eval_faith.cpp
 Subcommand add_diagnose(CLI::App* sub);    // diagnose.cpp
 Subcommand add_compare(CLI::App* sub);     // compare.cpp
-
-/// The whole command; with parse_only, stops after parsing (the command-line fuzzer uses this).
-int gradcam_main(int argc, char** argv, bool parse_only = false);
 
 }  // namespace gradcam_cli

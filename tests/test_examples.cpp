@@ -1,0 +1,77 @@
+// The examples (examples/*.cpp) run as a user runs them, on the shipped demo model and the target
+// fixtures: each writes its picture and prints what it promises.
+#include "catch.hpp"
+
+#include <opencv2/imgcodecs.hpp>
+#include <opencv2/videoio.hpp>
+
+#include <filesystem>
+
+#include "cli_support.hpp"
+#include "support.hpp"
+
+using test::Contains;
+using test::demo;
+using test::env;
+using test::Run;
+using test::run;
+using test::tmpdir;
+
+TEST_CASE("the examples run on the demo model", "[examples]") {
+  const std::string dir = env("GRADCAM_EXAMPLES_DIR");
+  const std::string out = tmpdir("examples");
+  std::string img;
+  for (const auto& e : fs::directory_iterator(demo("images"))) img = e.path().string();
+  const std::string model = demo("digits.pt");
+
+  Run a = run(dir + "/example_explain_one " + model + " " + img + " " + out + "/one.png");
+  INFO(a.out);
+  CHECK(a.code == 0);
+  CHECK_FALSE(cv::imread(out + "/one.png").empty());
+
+  Run b = run(dir + "/example_guided_panel " + model + " " + img + " " + out + "/panel.png");
+  CHECK(b.code == 0);
+  cv::Mat panel = cv::imread(out + "/panel.png");
+  REQUIRE_FALSE(panel.empty());
+  CHECK(panel.cols > 4 * panel.rows / 2);  // five tiles side by side
+
+  Run c = run(dir + "/example_localize_boxes " + model + " " + img + " " + out + "/boxes.png");
+  CHECK(c.code == 0);
+  CHECK_THAT(c.out, Contains("box"));
+
+  // a short video made from the demo images
+  const std::string video = out + "/in.avi";
+  {
+    cv::VideoWriter w(video, cv::VideoWriter::fourcc('M', 'J', 'P', 'G'), 10, cv::Size(64, 64));
+    REQUIRE(w.isOpened());
+    for (const auto& e : fs::directory_iterator(demo("images"))) w.write(cv::imread(e.path().string()));
+  }
+  Run d = run(dir + "/example_video " + model + " " + video + " " + out + "/out.avi");
+  CHECK(d.code == 0);
+  CHECK_THAT(d.out, Contains("fps"));
+  cv::VideoCapture check(out + "/out.avi");
+  CHECK(check.isOpened());
+  CHECK(check.get(cv::CAP_PROP_FRAME_COUNT) >= 4);
+}
+
+TEST_CASE("the target examples: segmentation region, similarity, any output", "[examples][targets]") {
+  const std::string dir = env("GRADCAM_EXAMPLES_DIR");
+  const std::string out = tmpdir("target_examples");
+  const std::string img = demo("test/0013_three.png");
+  const std::string seg = test::fixture("targets_seg.pt");
+  Run a = run(dir + "/example_segment_region " + seg + " backbone " + img + " 2 " + out + "/seg.png 4 6 20 25");
+  INFO(a.out);
+  CHECK(a.code == 0);
+  CHECK_THAT(a.out, Contains("region score"));
+  CHECK_FALSE(cv::imread(out + "/seg.png").empty());
+  Run b = run(dir + "/example_similar_images " + demo("digits.pt") + " block3 " + img + " " + demo("test/0022_three.png") + " " + out + "/sim.png");
+  INFO(b.out);
+  CHECK(b.code == 0);
+  CHECK_THAT(b.out, Contains("cosine similarity 0.9"));  // two threes: the logits point the same way
+  CHECK_FALSE(cv::imread(out + "/sim.png").empty());
+  Run c = run(dir + "/example_explain_output " + test::fixture("targets_embed.pt") + " backbone " + img + " 1 " + out + "/o.png 2");
+  CHECK(c.code == 0);
+  Run d = run(dir + "/example_explain_output " + test::fixture("targets_embed.pt") + " backbone " + img + " 1 " + out + "/o.png 9");
+  CHECK(d.code == 1);
+  CHECK_THAT(d.out, Contains("index 9 is out of range"));
+}
