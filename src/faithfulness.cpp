@@ -14,8 +14,8 @@
 #include <gradcam/error.hpp>
 #include <gradcam/grad_cam.hpp>
 
-#include "graph.hpp"
-#include "methods.hpp"
+#include "outputs.hpp"
+#include "util.hpp"
 
 namespace gradcam {
 

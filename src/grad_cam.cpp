@@ -13,6 +13,8 @@
 
 #include "graph.hpp"
 #include "methods.hpp"
+#include "outputs.hpp"
+#include "util.hpp"
 
 namespace gradcam {
 
@@ -59,27 +61,6 @@ const LayerMap& GradCAMResult::get(const std::string& layer, int64_t rank, int64
 
 namespace detail {
 
-std::string torch_message(const std::exception& e) {
-  std::string msg;
-  // LibTorch 1.13's ErrorReport::what() formats the TorchScript source range lazily and, on a
-  // corrupt archive, that formatting can throw inside a noexcept what() (std::terminate; found by
-  // fuzz_model): never call it.
-  if (dynamic_cast<const torch::jit::ErrorReport*>(&e) != nullptr) {
-    return "its TorchScript code does not compile (a corrupt or incompatible code file)";
-  }
-  if (const auto* ce = dynamic_cast<const c10::Error*>(&e)) {
-    msg = ce->what_without_backtrace();
-  } else {
-    msg = e.what();
-  }
-  // TorchScript errors carry the script call stack first; the cause is after the last marker.
-  const std::string marker = "RuntimeError: ";
-  if (auto pos = msg.rfind(marker); pos != std::string::npos) msg = msg.substr(pos + marker.size());
-  while (!msg.empty() && (msg.back() == '\n' || msg.back() == ' ')) msg.pop_back();
-  if (auto nl = msg.find('\n'); nl != std::string::npos) msg = msg.substr(0, nl);
-  return msg;
-}
-
 void check_input(const Forward& forward, const at::Tensor& input) {
   GRADCAM_CHECK(input.defined(), "the input tensor is undefined");
   const int64_t dim = forward.expected_dim() > 0 ? forward.expected_dim() : 4;
@@ -96,29 +77,6 @@ void check_input(const Forward& forward, const at::Tensor& input) {
   const int64_t bad = (~at::isfinite(input)).sum().item<int64_t>();
   GRADCAM_CHECK(bad == 0, "input contains ", bad, " NaN or Inf value", bad == 1 ? "" : "s",
                 " (shape ", shape_str(input.sizes()), ")");
-}
-
-at::Tensor logits_of(const c10::IValue& out) {
-  if (out.isTensor()) return out.toTensor();
-  if (out.isTuple()) {
-    for (const auto& e : out.toTuple()->elements()) {
-      if (e.isTensor()) return e.toTensor();
-    }
-  }
-  if (out.isGenericDict()) {
-    std::string keys;
-    for (const auto& kv : out.toGenericDict()) {
-      if (kv.key().isString()) {
-        if (kv.key().toStringRef() == "out" && kv.value().isTensor()) return kv.value().toTensor();
-        keys += (keys.empty() ? "'" : ", '") + kv.key().toStringRef() + "'";
-      }
-    }
-    fail(concat("the model returns a dict without an 'out' tensor (keys: ", keys,
-                "); use Target::score to choose what to explain"));
-  }
-  if (out.isTensorList() && !out.toTensorList().empty()) return out.toTensorList().get(0);
-  fail(concat("the model returns ", out.tagKind(),
-              ", not class scores; use Target::score to choose what to explain"));
 }
 
 }  // namespace detail
@@ -272,178 +230,185 @@ GradCAM& GradCAM::operator=(GradCAM&&) noexcept = default;
 const std::vector<std::string>& GradCAM::layers() const { return impl_->layers; }
 const GradCAMOptions& GradCAM::options() const { return impl_->options; }
 
-GradCAMResult GradCAM::compute(const at::Tensor& input_, const Target& target) const {
-  const Impl& impl = *impl_;
-  detail::check_input(*impl.forward, input_);
-  at::Tensor input = input_.detach();
-  if (impl.options.device() && input.device() != *impl.options.device()) {
-    input = input.to(*impl.options.device());
-  }
-  const GuidedMode guided = impl.options.guided();
-  const int64_t n = input.size(0);
-  const std::vector<Method>& methods = impl.options.methods();
-  const bool any_layer = !impl.layers.empty();
-  const bool layer_gradients =
-      any_layer && std::any_of(methods.begin(), methods.end(), uses_gradients);
-  const bool perturbation = any_layer && std::any_of(methods.begin(), methods.end(), [](Method m) {
-                              return m == Method::scorecam || m == Method::ablationcam;
-                            });
-  GRADCAM_CHECK(!perturbation || target.kind() != Target::Kind::score,
-                "Score-CAM and Ablation-CAM explain class targets (top-k or classes); a "
-                "Target::score function cannot be evaluated on their perturbed batches");
-  // Without gradient methods or guided gradients no backward pass runs: record no graph.
-  const bool need_backward = layer_gradients || guided != GuidedMode::none;
+namespace {
 
-  c10::AutoGradMode grad_on(need_backward);
-  if (guided != GuidedMode::none) input.requires_grad_(true);
+/// What one compute() call shares between its steps.
+struct Call {
+  Call(const GradCAMOptions& o, const detail::Forward& f, const torch::jit::Module& m,
+       const std::vector<std::string>& l)
+      : options(o), forward(f), module(m), layers(l), ctx(f.slots()) {}
+  const GradCAMOptions& options;
+  const detail::Forward& forward;
+  const torch::jit::Module& module;
+  const std::vector<std::string>& layers;
+  at::Tensor input;  ///< detached, on the options' device; requires grad for guided gradients
+  bool layer_gradients = false;  ///< a gradient method on a layer: a backward pass to the leaves
+  detail::CaptureContext ctx;
+  Scores scores;
+  std::vector<at::Tensor> leaves;                  ///< captured activations A, one per call
+  std::vector<std::pair<size_t, int64_t>> where;   ///< (slot, call) of each leaf
+  std::vector<std::vector<detail::Prepared>> prepared;  ///< [leaf][method]
+};
 
-  detail::CaptureContext ctx(impl.forward->slots());
-  c10::IValue out;
+// Step 1: the forward pass, with the captures recorded in c.ctx.
+c10::IValue run_forward(Call& c) {
   try {
-    out = impl.forward->run(input, ctx);
+    return c.forward.run(c.input, c.ctx);
   } catch (const Error&) {
     throw;
   } catch (const std::exception& e) {
-    fail(concat("the model's forward pass failed on input of shape ", shape_str(input.sizes()),
+    fail(concat("the model's forward pass failed on input of shape ", shape_str(c.input.sizes()),
                 ": ", detail::torch_message(e)));
   }
+}
 
-  Scores scores = resolve_target(target, out, n);
-  const auto ranks = static_cast<int64_t>(scores.per_rank.size());
-
-  std::vector<at::Tensor> leaves;
-  std::vector<std::pair<size_t, int64_t>> where;  // (slot, call)
-  for (size_t slot = 0; slot < impl.layers.size(); ++slot) {
-    GRADCAM_CHECK(!ctx.captures[slot].empty(), "layer '", impl.layers[slot],
+// Step 2: every capture of every layer, in slot then call order.
+void collect(Call& c) {
+  for (size_t slot = 0; slot < c.layers.size(); ++slot) {
+    GRADCAM_CHECK(!c.ctx.captures[slot].empty(), "layer '", c.layers[slot],
                   "' was not reached by this forward pass (it is inside a branch not taken)");
-    for (size_t call = 0; call < ctx.captures[slot].size(); ++call) {
-      const at::Tensor& a = ctx.captures[slot][call];
-      GRADCAM_CHECK(a.dim() >= 3, "layer '", impl.layers[slot], "' outputs shape ",
+    for (size_t call = 0; call < c.ctx.captures[slot].size(); ++call) {
+      const at::Tensor& a = c.ctx.captures[slot][call];
+      GRADCAM_CHECK(a.dim() >= 3, "layer '", c.layers[slot], "' outputs shape ",
                     shape_str(a.sizes()), "; CAM methods need spatial dimensions [N, C, h, w]");
-      leaves.push_back(a);
-      where.emplace_back(slot, static_cast<int64_t>(call));
+      c.leaves.push_back(a);
+      c.where.emplace_back(slot, static_cast<int64_t>(call));
     }
   }
+}
 
+GradCAMResult new_result(const Call& c, const c10::IValue& out) {
   GradCAMResult result;
   result.output = std::make_shared<const c10::IValue>(detached(out));
-  result.classes = scores.classes;
-  result.logits = scores.logits;
-  {
-    std::vector<at::Tensor> cols;
-    for (const auto& s : scores.per_rank) cols.push_back(s.detach());
-    result.scores = at::stack(cols, 1);
-  }
-  result.untouched_activations = impl.forward->untouched_activations();
-  result.replaced_activations = impl.forward->replaced_activations();
+  result.classes = c.scores.classes;
+  result.logits = c.scores.logits;
+  std::vector<at::Tensor> cols;
+  for (const auto& s : c.scores.per_rank) cols.push_back(s.detach());
+  result.scores = at::stack(cols, 1);
+  result.untouched_activations = c.forward.untouched_activations();
+  result.replaced_activations = c.forward.replaced_activations();
+  return result;
+}
 
-  // Work shared by every rank: the perturbation methods' logits per leaf, CAM's linear head,
-  // EigenCAM (class-agnostic).
-  std::vector<std::vector<at::Tensor>> perturbed(leaves.size());
-  std::vector<detail::Weighted> eigen(leaves.size());
-  std::optional<detail::LinearHead> head;
-  for (size_t i = 0; i < leaves.size(); ++i) {
-    const at::Tensor a = leaves[i].detach();
-    for (Method m : methods) {
-      if (m == Method::scorecam || m == Method::ablationcam) {
-        perturbed[i].push_back(detail::perturbed_logits(m, *impl.forward, input.detach(), a,
-                                                        where[i].first, where[i].second,
-                                                        impl.options.perturbation_batch()));
-      } else if (m == Method::eigencam) {
-        eigen[i] = detail::eigen_cam(a);
-      } else if (m == Method::cam && !head) {
-        GRADCAM_CHECK(scores.logits.defined(), "CAM explains class targets, not a Target::score");
-        head = detail::find_linear_head(impl.module, impl.options.cam_linear(), a.size(1),
-                                        scores.logits.size(1));
-      }
+// Step 3: each method's work shared by every rank, per activation (methods.hpp).
+void prepare(Call& c) {
+  const at::Tensor input = c.input.detach();
+  const auto& methods = c.options.methods();
+  c.prepared.resize(c.leaves.size());
+  for (size_t i = 0; i < c.leaves.size(); ++i) {
+    const at::Tensor a = c.leaves[i].detach();
+    for (size_t j = 0; j < methods.size(); ++j) {
+      const detail::Prepared* first = i > 0 ? &c.prepared[0][j] : nullptr;
+      c.prepared[i].push_back(detail::prepare_method(
+          methods[j], {c.forward, c.module, c.options, input, a, c.where[i].first,
+                       c.where[i].second, c.scores.logits, first}));
     }
   }
+}
 
-  const std::vector<int64_t> input_hw = {input.size(2), input.size(3)};
+/// dy/dA of leaf i, checked, and negated for counterfactual maps.
+at::Tensor leaf_gradient(const Call& c, size_t i, const at::Tensor& g) {
+  const std::string& layer = c.layers[c.where[i].first];
+  GRADCAM_CHECK(g.defined(), "the target score does not depend on layer '", layer, "' (call ",
+                c.where[i].second,
+                "): no gradient reaches it, so its map would be blank; choose a layer the score is "
+                "computed from");
+  GRADCAM_CHECK(g.ne(0).any().item<bool>(), "the gradient of the target score with respect to "
+                "layer '", layer, "' is zero everywhere, so its map would be blank");
+  return c.options.counterfactual() ? g.neg() : g;
+}
+
+// Step 4: the maps of rank r: the backward pass to the leaves, then every method on every leaf.
+void rank_maps(Call& c, int64_t r, const at::Tensor& score, bool retain, GradCAMResult& result) {
+  std::vector<at::Tensor> grads(c.leaves.size());
+  if (c.layer_gradients) {
+    c.ctx.backward_mode = detail::BackwardMode::ordinary;
+    auto g = torch::autograd::grad({score}, c.leaves, {}, retain, false, /*allow_unused=*/true);
+    for (size_t i = 0; i < g.size(); ++i) grads[i] = leaf_gradient(c, i, g[i]);
+  }
+  const at::Tensor classes = c.scores.classes.narrow(1, r, 1).squeeze(1);
+  const at::Tensor score_r = c.scores.per_rank[static_cast<size_t>(r)].detach();
+  const auto& methods = c.options.methods();
+  for (size_t i = 0; i < c.leaves.size(); ++i) {
+    const std::string& layer = c.layers[c.where[i].first];
+    const at::Tensor a = c.leaves[i].detach();
+    for (size_t j = 0; j < methods.size(); ++j) {
+      const detail::Weighted w = detail::method_map(
+          methods[j], {a, grads[i], classes, score_r, c.scores.logits, layer, c.prepared[i][j]});
+      LayerMap m;
+      m.method = methods[j];
+      m.layer = layer;
+      m.call = c.where[i].second;
+      m.rank = r;
+      m.map = at::relu(w.signed_map);
+      if (c.options.keep_signed()) m.map_signed = w.signed_map;
+      if (c.options.keep_weights()) m.weights = w.weights;
+      if (c.options.keep_activations()) m.activations = a;
+      if (c.options.keep_gradients() && grads[i].defined()) m.gradients = grads[i];
+      result.maps.push_back(std::move(m));
+    }
+  }
+}
+
+// Step 5: guided gradients of rank r's score to the input, and Guided Grad-CAM for the rank's maps
+// (those from first_map on).
+void guided_maps(Call& c, const at::Tensor& score, bool retain, size_t first_map,
+                 GradCAMResult& result) {
+  const GuidedMode guided = c.options.guided();
+  c.ctx.backward_mode = guided == GuidedMode::guided ? detail::BackwardMode::guided
+                                                     : detail::BackwardMode::deconvnet;
+  auto g = torch::autograd::grad({score}, {c.input}, {}, retain, false, true);
+  at::Tensor gin = g[0].defined() ? g[0] : at::zeros_like(c.input);
+  const std::vector<int64_t> input_hw = {c.input.size(2), c.input.size(3)};
+  for (size_t i = first_map; i < result.maps.size(); ++i) {
+    LayerMap& m = result.maps[i];
+    GRADCAM_CHECK(m.map.dim() == 4, "layer '", m.layer, "': Guided Grad-CAM needs a 4-D activation");
+    m.guided_gradcam = gin * upsample(m.map, input_hw);
+  }
+  result.guided.push_back(gin);
+}
+
+}  // namespace
+
+GradCAMResult GradCAM::compute(const at::Tensor& input, const Target& target) const {
+  const Impl& impl = *impl_;
+  detail::check_input(*impl.forward, input);
+  Call c(impl.options, *impl.forward, impl.module, impl.layers);
+  c.input = input.detach();
+  if (impl.options.device() && c.input.device() != *impl.options.device()) {
+    c.input = c.input.to(*impl.options.device());
+  }
+  const GuidedMode guided = impl.options.guided();
+  const std::vector<Method>& methods = impl.options.methods();
+  const bool any_layer = !impl.layers.empty();
+  c.layer_gradients = any_layer && std::any_of(methods.begin(), methods.end(), uses_gradients);
+  GRADCAM_CHECK(!any_layer || target.kind() != Target::Kind::score ||
+                    std::none_of(methods.begin(), methods.end(), detail::is_perturbation),
+                "Score-CAM and Ablation-CAM explain class targets (top-k or classes); a "
+                "Target::score function cannot be evaluated on their perturbed batches");
+  // Without gradient methods or guided gradients no backward pass runs: record no graph.
+  const bool need_backward = c.layer_gradients || guided != GuidedMode::none;
+  c10::AutoGradMode grad_on(need_backward);
+  if (guided != GuidedMode::none) c.input.requires_grad_(true);
+
+  const c10::IValue out = run_forward(c);
+  c.scores = resolve_target(target, out, c.input.size(0));
+  collect(c);
+  GradCAMResult result = new_result(c, out);
+  prepare(c);
+  const auto ranks = static_cast<int64_t>(c.scores.per_rank.size());
   for (int64_t r = 0; r < ranks; ++r) {
-    const at::Tensor score = scores.per_rank[static_cast<size_t>(r)].sum();
+    const at::Tensor score = c.scores.per_rank[static_cast<size_t>(r)].sum();
     const bool last = r + 1 == ranks;
     if (need_backward) {
       GRADCAM_CHECK(score.requires_grad(), "the target score does not depend on ",
-                    leaves.empty() ? std::string("the input")
-                                   : concat("layer '", impl.layers.front(), "'"),
+                    c.leaves.empty() ? std::string("the input")
+                                     : concat("layer '", impl.layers.front(), "'"),
                     ": no gradient can flow back from it");
     }
     const size_t first_map = result.maps.size();
-    std::vector<at::Tensor> grads(leaves.size());
-    if (layer_gradients) {
-      ctx.backward_mode = 0;
-      auto g = torch::autograd::grad({score}, leaves, {}, guided != GuidedMode::none || !last,
-                                     false, /*allow_unused=*/true);
-      grads.assign(g.begin(), g.end());
-    }
-    const at::Tensor classes_r = scores.classes.narrow(1, r, 1).squeeze(1);
-    for (size_t i = 0; i < leaves.size(); ++i) {
-      const std::string& layer = impl.layers[where[i].first];
-      const at::Tensor a = leaves[i].detach();
-      at::Tensor g = grads[i];
-      if (layer_gradients) {
-        GRADCAM_CHECK(g.defined(), "the target score does not depend on layer '", layer,
-                      "' (call ", where[i].second,
-                      "): no gradient reaches it, so its map would be blank; choose a layer the "
-                      "score is computed from");
-        GRADCAM_CHECK(g.ne(0).any().item<bool>(), "the gradient of the target score with respect "
-                      "to layer '", layer, "' is zero everywhere, so its map would be blank");
-        if (impl.options.counterfactual()) g = g.neg();
-      }
-      size_t next_perturbed = 0;
-      for (Method method : methods) {
-        detail::Weighted w;
-        if (uses_gradients(method)) {
-          w = detail::gradient_method(method, a, g);
-        } else if (method == Method::eigencam) {
-          w = eigen[i];
-        } else if (method == Method::cam) {
-          w = detail::class_activation_map(*head, a, classes_r, scores.logits, layer);
-        } else {
-          // [N,K]: the explained class's logit for each perturbed input.
-          const at::Tensor& all = perturbed[i][next_perturbed++];
-          const at::Tensor y = all.gather(2, classes_r.view({n, 1, 1}).expand({n, all.size(1), 1}))
-                                   .squeeze(2)
-                                   .to(a.scalar_type());
-          if (method == Method::scorecam) {
-            w.weights = at::softmax(y, 1);
-          } else {
-            const at::Tensor base = scores.per_rank[static_cast<size_t>(r)].detach()
-                                        .to(a.scalar_type()).view({n, 1});
-            const at::Tensor drop = base - y;
-            w.weights = at::where(base != 0, drop / at::where(base != 0, base, at::ones_like(base)),
-                                  drop);
-          }
-          std::vector<int64_t> shape = {n, a.size(1)};
-          shape.resize(static_cast<size_t>(a.dim()), 1);
-          w.signed_map = (w.weights.view(shape) * a).sum(1, /*keepdim=*/true);
-        }
-        LayerMap m;
-        m.method = method;
-        m.layer = layer;
-        m.call = where[i].second;
-        m.rank = r;
-        m.map = at::relu(w.signed_map);
-        if (impl.options.keep_signed()) m.map_signed = w.signed_map;
-        if (impl.options.keep_weights()) m.weights = w.weights;
-        if (impl.options.keep_activations()) m.activations = a;
-        if (impl.options.keep_gradients() && g.defined()) m.gradients = g;
-        result.maps.push_back(std::move(m));
-      }
-    }
-    if (guided != GuidedMode::none) {
-      ctx.backward_mode = guided == GuidedMode::guided ? 1 : 2;
-      auto g = torch::autograd::grad({score}, {input}, {}, !last, false, true);
-      at::Tensor gin = g[0].defined() ? g[0] : at::zeros_like(input);
-      for (size_t i = first_map; i < result.maps.size(); ++i) {
-        LayerMap& m = result.maps[i];
-        GRADCAM_CHECK(m.map.dim() == 4, "layer '", m.layer,
-                      "': Guided Grad-CAM needs a 4-D activation");
-        m.guided_gradcam = gin * upsample(m.map, input_hw);
-      }
-      result.guided.push_back(gin);
-    }
+    rank_maps(c, r, score, guided != GuidedMode::none || !last, result);
+    if (guided != GuidedMode::none) guided_maps(c, score, !last, first_map, result);
   }
   return result;
 }

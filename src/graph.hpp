@@ -1,15 +1,20 @@
 // src/graph.hpp (private): the one place that rewrites TorchScript graphs.
 //
 // This uses LibTorch's internal JIT IR (torch/csrc/jit/ir), which has no stability promise: a
-// LibTorch upgrade should only touch graph.cpp. A Forward is a private copy of module.forward:
-//  1. the forward graph is copied (method graphs are shared by every module of one type, so they
-//     are never edited), the calls on the path down to each target layer are inlined, and after
-//     every call of a target layer a gradcam::capture node is inserted;
-//  2. every remaining call is inlined, `self.training` becomes false (eval semantics without
-//     touching the module), parameters and buffers are detached (no parameter gradient is ever
-//     recorded), and, for guided gradients, ReLU / ReLU6 nodes become gradcam::guided_act;
-//  3. the graph is compiled to interpreter Code and run directly (no graph executor, so no
-//     profiling runs and no global executor settings).
+// LibTorch upgrade should only touch graph.cpp and graph_ops.cpp. A Forward is a private copy of
+// module.forward (method graphs are shared by every module of one type, so they are never edited),
+// rewritten in seven steps, one function each in graph.cpp, numbered as in docs/architecture.md:
+//  1. resolve targets: every layer named exists (or is a "%value"), with close names if not;
+//  2. inline: the calls on the path down to each target layer are inlined, and after every call
+//     of a target a gradcam::capture node is inserted (probe mode: after every module call);
+//  3. capture or probe: every remaining call is inlined, then graph values ("%name", and every
+//     value of a frozen model in probe mode) get their capture nodes;
+//  4. force eval: `self.training` reads as false (eval semantics without touching the module);
+//  5. detach parameters: parameters, buffers and constants enter detached (no parameter gradient);
+//  6. replace activations: for guided gradients, ReLU / ReLU6 become gradcam::guided_act;
+//  7. infer input: what the first convolution expects, for clear input errors.
+// The graph is then compiled to interpreter Code and run directly (no graph executor, so no
+// profiling runs and no global executor settings).
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -30,6 +35,10 @@ struct Code;
 }  // namespace torch::jit
 
 namespace gradcam::detail {
+
+/// How gradcam::guided_act back-propagates: as relu does, guided (positive gradients through the
+/// relu mask) or deconvnet (positive gradients, no mask).
+enum class BackwardMode { ordinary, guided, deconvnet };
 
 /// Per-call state shared by the capture and guided ops of one forward/backward. Installed as a
 /// thread-local for the duration of Forward::run (the interpreter runs ops on the calling thread).
@@ -53,8 +62,11 @@ struct CaptureContext {
   int64_t ablate_call = -1;
   at::Tensor ablate_mask;
   /// How gradcam::guided_act back-propagates right now (read during backward).
-  std::atomic<int> backward_mode{0};  // 0 ordinary, 1 guided, 2 deconvnet
+  std::atomic<BackwardMode> backward_mode{BackwardMode::ordinary};
 };
+
+/// The context the operators read on this thread (graph_ops.cpp); Forward::run installs it.
+CaptureContext*& current_context();
 
 /// What to rewrite.
 struct RewriteSpec {
@@ -70,6 +82,17 @@ struct ProbeSlot {
   bool is_tensor = true;
 };
 
+/// What the rewrite found out, as Forward's accessors report it.
+struct RewriteFacts {
+  size_t slot_count = 0;
+  std::vector<ProbeSlot> probe_slots;
+  bool frozen = false;
+  int64_t expected_channels = -1;
+  int64_t expected_dim = -1;
+  int64_t replaced = 0;
+  std::vector<std::string> untouched;
+};
+
 /// A private, rewritten, compiled copy of module.forward.
 class Forward {
  public:
@@ -79,56 +102,33 @@ class Forward {
   /// Runs the rewritten forward on `input` with `ctx` installed; returns the model's output.
   c10::IValue run(const at::Tensor& input, CaptureContext& ctx) const;
 
-  size_t slots() const { return slot_count_; }
+  size_t slots() const { return facts_.slot_count; }
   /// probe_all only: name, type of each slot.
-  const std::vector<ProbeSlot>& probe_slots() const { return probe_slots_; }
+  const std::vector<ProbeSlot>& probe_slots() const { return facts_.probe_slots; }
   /// True when the model has no submodule calls (frozen): names are graph values.
-  bool frozen() const { return frozen_; }
+  bool frozen() const { return facts_.frozen; }
   /// Input channels expected by the first convolution, or -1 when unknown.
-  int64_t expected_channels() const { return expected_channels_; }
+  int64_t expected_channels() const { return facts_.expected_channels; }
   /// Number of dimensions the first convolution expects (4 for conv2d), or -1.
-  int64_t expected_dim() const { return expected_dim_; }
+  int64_t expected_dim() const { return facts_.expected_dim; }
   /// Guided rewrites: how many activations were replaced, and the kinds left as they are.
-  int64_t replaced_activations() const { return replaced_; }
-  const std::vector<std::string>& untouched_activations() const { return untouched_; }
+  int64_t replaced_activations() const { return facts_.replaced; }
+  const std::vector<std::string>& untouched_activations() const { return facts_.untouched; }
 
  private:
   torch::jit::Module module_;
   std::shared_ptr<torch::jit::Graph> graph_;
   std::unique_ptr<torch::jit::Code> code_;
-  size_t slot_count_ = 0;
-  std::vector<ProbeSlot> probe_slots_;
-  bool frozen_ = false;
-  int64_t expected_channels_ = -1;
-  int64_t expected_dim_ = -1;
-  int64_t replaced_ = 0;
-  std::vector<std::string> untouched_;
+  RewriteFacts facts_;
 };
 
 /// Checks a model input against what the rewritten forward expects; throws gradcam::Error naming
 /// the bad shape, dtype or value. (grad_cam.cpp)
 void check_input(const Forward& forward, const at::Tensor& input);
 
-/// The message of a LibTorch exception without its C++ backtrace and TorchScript call stack.
-std::string torch_message(const std::exception& e);
-
-/// Whether the module or a submodule has `training` set. A frozen module (torch.jit.freeze) has no
-/// such attribute: it is not in training mode, although Module::is_training() says it is, because
-/// it reads a missing attribute as true. (model.cpp)
-bool in_training_mode(const torch::jit::Module& module);
-
 /// list_layers on an example input, or on zeros of `shape` whose -1 entries are filled from the
 /// model (channels) or with 224. (layers.cpp)
 LayerListing probe_layers(const torch::jit::Module& module, const at::Tensor& example,
                           std::vector<int64_t> shape = {});
-
-/// Every module path of `module` ("layer4", "layer4.0.conv1", ...), root excluded.
-std::vector<std::string> module_paths(const torch::jit::Module& module);
-
-/// The up-to-three names in `choices` closest to `name` (edit distance), for error messages.
-std::vector<std::string> closest(const std::string& name, const std::vector<std::string>& choices);
-
-/// "[1, 3, 224, 224]"
-std::string shape_str(at::IntArrayRef sizes);
 
 }  // namespace gradcam::detail

@@ -9,6 +9,7 @@
 #include <gradcam/error.hpp>
 
 #include "graph.hpp"
+#include "util.hpp"
 
 namespace gradcam {
 namespace detail {

@@ -1,4 +1,7 @@
-// src/methods.cpp: the CAM methods' weighting (see methods.hpp) and the method names.
+// src/methods.cpp: the CAM methods, one function each (and a preparation where a method shares
+// work across ranks), and kMethods, the one table of their names and kinds. Adding a method: its
+// functions here, its row in kMethods, its enum value in <gradcam/grad_cam.hpp>; see
+// docs/architecture.md, "Adding a method".
 #include "methods.hpp"
 
 #include <ATen/ATen.h>
@@ -6,60 +9,12 @@
 
 #include <algorithm>
 #include <cctype>
+#include <memory>
 
 #include <gradcam/error.hpp>
 
-namespace gradcam {
-
-using detail::concat;
-
-namespace {
-struct Named {
-  Method method;
-  const char* name;
-};
-constexpr Named kMethods[] = {
-    {Method::gradcam, "gradcam"},         {Method::gradcam_pp, "gradcam++"},
-    {Method::xgradcam, "xgradcam"},       {Method::hirescam, "hirescam"},
-    {Method::layercam, "layercam"},       {Method::scorecam, "scorecam"},
-    {Method::ablationcam, "ablationcam"}, {Method::eigencam, "eigencam"},
-    {Method::cam, "cam"},
-};
-}  // namespace
-
-const char* method_name(Method method) {
-  for (const auto& m : kMethods) {
-    if (m.method == method) return m.name;
-  }
-  return "unknown";
-}
-
-Method method_from_name(const std::string& name) {
-  std::string low;
-  for (char c : name) {
-    if (c != '-' && c != '_') low += static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
-  }
-  if (low == "gradcampp" || low == "gradcamplusplus") return Method::gradcam_pp;
-  for (const auto& m : kMethods) {
-    if (low == m.name) return m.method;
-  }
-  std::string names;
-  for (const auto& m : kMethods) names += concat(names.empty() ? "" : ", ", m.name);
-  fail(concat("unknown method '", name, "'; the methods are: ", names));
-}
-
-std::vector<Method> all_methods() {
-  std::vector<Method> out;
-  for (const auto& m : kMethods) out.push_back(m.method);
-  return out;
-}
-
-bool uses_gradients(Method method) {
-  return method == Method::gradcam || method == Method::gradcam_pp || method == Method::xgradcam ||
-         method == Method::hirescam || method == Method::layercam;
-}
-
-}  // namespace gradcam
+#include "outputs.hpp"
+#include "util.hpp"
 
 namespace gradcam::detail {
 
@@ -84,39 +39,37 @@ at::Tensor safe_div(const at::Tensor& num, const at::Tensor& den) {
   return at::where(nz, num / at::where(nz, den, at::ones_like(den)), at::zeros_like(num));
 }
 
-}  // namespace
+/// A map from channel weights [N,K].
+Weighted from_weights(const at::Tensor& w, const at::Tensor& a) { return {weighted_sum(w, a), w}; }
 
-Weighted gradient_method(Method method, const at::Tensor& a, const at::Tensor& g) {
-  const auto sp = spatial_dims(a);
-  Weighted out;
-  switch (method) {
-    case Method::gradcam:
-      out.weights = g.mean(sp);
-      break;
-    case Method::gradcam_pp: {
-      const at::Tensor g2 = g * g;
-      const at::Tensor g3 = g2 * g;
-      const at::Tensor sum_a = a.sum(sp, /*keepdim=*/true);
-      const at::Tensor alpha = safe_div(g2, 2 * g2 + sum_a * g3);
-      out.weights = (alpha * at::relu(g)).sum(sp);
-      break;
-    }
-    case Method::xgradcam:
-      out.weights = safe_div((g * a).sum(sp), a.sum(sp));
-      break;
-    case Method::hirescam:
-      out.signed_map = (g * a).sum(1, /*keepdim=*/true);
-      return out;
-    case Method::layercam:
-      out.signed_map = (at::relu(g) * a).sum(1, /*keepdim=*/true);
-      return out;
-    default:
-      GRADCAM_ASSERT(false);
-  }
-  out.signed_map = weighted_sum(out.weights, a);
-  return out;
+// ---- gradient methods: A and g = dy/dA (negated for counterfactual maps) ----
+
+Weighted grad_cam(const MethodInputs& in) { return from_weights(in.g.mean(spatial_dims(in.a)), in.a); }
+
+Weighted grad_cam_pp(const MethodInputs& in) {
+  const auto sp = spatial_dims(in.a);
+  const at::Tensor g2 = in.g * in.g;
+  const at::Tensor g3 = g2 * in.g;
+  const at::Tensor sum_a = in.a.sum(sp, /*keepdim=*/true);
+  const at::Tensor alpha = safe_div(g2, 2 * g2 + sum_a * g3);
+  return from_weights((alpha * at::relu(in.g)).sum(sp), in.a);
 }
 
+Weighted xgrad_cam(const MethodInputs& in) {
+  const auto sp = spatial_dims(in.a);
+  return from_weights(safe_div((in.g * in.a).sum(sp), in.a.sum(sp)), in.a);
+}
+
+Weighted hires_cam(const MethodInputs& in) { return {(in.g * in.a).sum(1, /*keepdim=*/true), {}}; }
+
+Weighted layer_cam(const MethodInputs& in) {
+  return {(at::relu(in.g) * in.a).sum(1, /*keepdim=*/true), {}};
+}
+
+// ---- EigenCAM: class-agnostic, computed once per activation ----
+
+/// A (centred over positions) projected on its first principal component; the sign is chosen so
+/// that the projection correlates positively with the channel sum of A.
 Weighted eigen_cam(const at::Tensor& a) {
   const int64_t n = a.size(0);
   const int64_t k = a.size(1);
@@ -137,6 +90,19 @@ Weighted eigen_cam(const at::Tensor& a) {
   return out;
 }
 
+Prepared prepare_eigen_cam(const PrepareInputs& in) {
+  Prepared p;
+  p.eigen = eigen_cam(in.a);
+  return p;
+}
+
+Weighted eigen_cam_map(const MethodInputs& in) { return in.prepared.eigen; }
+
+// ---- CAM: the linear layer after global average pooling ----
+
+/// Finds the linear layer after global pooling: `path` (a module path) or, if empty, the last
+/// parameter named "weight" of shape [classes, K]. Throws gradcam::Error naming what was looked
+/// for.
 LinearHead find_linear_head(const torch::jit::Module& module, const std::string& path,
                             int64_t channels, int64_t classes) {
   LinearHead head;
@@ -179,6 +145,8 @@ LinearHead find_linear_head(const torch::jit::Module& module, const std::string&
   return head;
 }
 
+/// CAM for the classes [N] of one rank; checks that the head really is GAP + that linear layer by
+/// reproducing the logits, and throws gradcam::Error otherwise.
 Weighted class_activation_map(const LinearHead& head, const at::Tensor& a, const at::Tensor& classes,
                               const at::Tensor& logits, const std::string& layer) {
   Weighted out;
@@ -199,6 +167,28 @@ Weighted class_activation_map(const LinearHead& head, const at::Tensor& a, const
   return out;
 }
 
+/// The head is found once, from the first activation, and shared by the others.
+Prepared prepare_cam(const PrepareInputs& in) {
+  Prepared p;
+  if (in.first != nullptr && in.first->head) {
+    p.head = in.first->head;
+    return p;
+  }
+  GRADCAM_CHECK(in.logits.defined(), "CAM explains class targets, not a Target::score");
+  p.head = std::make_shared<const LinearHead>(
+      find_linear_head(in.module, in.options.cam_linear(), in.a.size(1), in.logits.size(1)));
+  return p;
+}
+
+Weighted cam_map(const MethodInputs& in) {
+  return class_activation_map(*in.prepared.head, in.a, in.classes, in.logits, in.layer);
+}
+
+// ---- perturbation methods: extra forward passes of perturbed inputs ----
+
+/// The logits [N,K,classes] of the model on perturbed inputs, one per (sample, channel):
+/// Score-CAM: input * normalised upsampled A_k; Ablation-CAM: input with channel k of the capture
+/// (slot, call) set to zero. Runs `batch` perturbed inputs per forward pass.
 at::Tensor perturbed_logits(Method method, const Forward& forward, const at::Tensor& input,
                             const at::Tensor& a, size_t slot, int64_t call, int64_t batch) {
   GRADCAM_CHECK(batch >= 1, "perturbation_batch must be >= 1, got ", batch);
@@ -245,4 +235,118 @@ at::Tensor perturbed_logits(Method method, const Forward& forward, const at::Ten
   return all.view({n, k, all.size(1)});
 }
 
+Prepared prepare_score_cam(const PrepareInputs& in) {
+  Prepared p;
+  p.perturbed = perturbed_logits(Method::scorecam, in.forward, in.input, in.a, in.slot, in.call,
+                                 in.options.perturbation_batch());
+  return p;
+}
+
+Prepared prepare_ablation_cam(const PrepareInputs& in) {
+  Prepared p;
+  p.perturbed = perturbed_logits(Method::ablationcam, in.forward, in.input, in.a, in.slot, in.call,
+                                 in.options.perturbation_batch());
+  return p;
+}
+
+/// [N,K]: the explained class's logit for each perturbed input.
+at::Tensor perturbed_class_logit(const MethodInputs& in) {
+  const at::Tensor& all = in.prepared.perturbed;
+  const int64_t n = in.a.size(0);
+  return all.gather(2, in.classes.view({n, 1, 1}).expand({n, all.size(1), 1}))
+      .squeeze(2)
+      .to(in.a.scalar_type());
+}
+
+/// Score-CAM: the softmax over channels of the class logit with the input masked by each channel.
+Weighted score_cam(const MethodInputs& in) {
+  return from_weights(at::softmax(perturbed_class_logit(in), 1), in.a);
+}
+
+/// Ablation-CAM: the relative drop of the class score when a channel is zeroed (the absolute drop
+/// where the score is 0).
+Weighted ablation_cam(const MethodInputs& in) {
+  const at::Tensor base = in.score.to(in.a.scalar_type()).view({in.a.size(0), 1});
+  const at::Tensor drop = base - perturbed_class_logit(in);
+  return from_weights(
+      at::where(base != 0, drop / at::where(base != 0, base, at::ones_like(base)), drop), in.a);
+}
+
+/// One row per method: its name, what it needs, and its functions.
+struct MethodRow {
+  Method method;
+  const char* name;
+  bool gradients;     ///< reads dy/dA: needs a backward pass
+  bool perturbation;  ///< extra forward passes on perturbed inputs (class targets only)
+  Prepared (*prepare)(const PrepareInputs&);  ///< once per activation, for every rank; or nullptr
+  Weighted (*map)(const MethodInputs&);
+};
+
+const MethodRow kMethods[] = {
+    {Method::gradcam, "gradcam", true, false, nullptr, grad_cam},
+    {Method::gradcam_pp, "gradcam++", true, false, nullptr, grad_cam_pp},
+    {Method::xgradcam, "xgradcam", true, false, nullptr, xgrad_cam},
+    {Method::hirescam, "hirescam", true, false, nullptr, hires_cam},
+    {Method::layercam, "layercam", true, false, nullptr, layer_cam},
+    {Method::scorecam, "scorecam", false, true, prepare_score_cam, score_cam},
+    {Method::ablationcam, "ablationcam", false, true, prepare_ablation_cam, ablation_cam},
+    {Method::eigencam, "eigencam", false, false, prepare_eigen_cam, eigen_cam_map},
+    {Method::cam, "cam", false, false, prepare_cam, cam_map},
+};
+
+const MethodRow& row(Method method) {
+  for (const auto& m : kMethods) {
+    if (m.method == method) return m;
+  }
+  fail(concat("unknown method (enum value ", static_cast<int>(method), ")"));
+}
+
+}  // namespace
+
+Prepared prepare_method(Method method, const PrepareInputs& in) {
+  const MethodRow& m = row(method);
+  return m.prepare != nullptr ? m.prepare(in) : Prepared{};
+}
+
+Weighted method_map(Method method, const MethodInputs& in) { return row(method).map(in); }
+
+bool is_perturbation(Method method) { return row(method).perturbation; }
+
 }  // namespace gradcam::detail
+
+namespace gradcam {
+
+using detail::concat;
+using detail::kMethods;
+using detail::row;
+
+const char* method_name(Method method) {
+  for (const auto& m : kMethods) {
+    if (m.method == method) return m.name;
+  }
+  return "unknown";
+}
+
+Method method_from_name(const std::string& name) {
+  std::string low;
+  for (char c : name) {
+    if (c != '-' && c != '_') low += static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  }
+  if (low == "gradcampp" || low == "gradcamplusplus") return Method::gradcam_pp;
+  for (const auto& m : kMethods) {
+    if (low == m.name) return m.method;
+  }
+  std::string names;
+  for (const auto& m : kMethods) names += concat(names.empty() ? "" : ", ", m.name);
+  fail(concat("unknown method '", name, "'; the methods are: ", names));
+}
+
+std::vector<Method> all_methods() {
+  std::vector<Method> out;
+  for (const auto& m : kMethods) out.push_back(m.method);
+  return out;
+}
+
+bool uses_gradients(Method method) { return row(method).gradients; }
+
+}  // namespace gradcam

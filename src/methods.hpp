@@ -1,14 +1,17 @@
 // src/methods.hpp (private): the CAM methods' weighting, given what the engine captured.
 //
-// grad_cam.cpp runs the forward pass and the backward passes; this file turns activations A
-// [N,K,h,w] and gradients g = dy/dA into maps for each Method, and runs the extra, batched forward
-// passes of the perturbation methods (Score-CAM, Ablation-CAM) through the same rewritten graph.
+// grad_cam.cpp runs the forward pass and the backward passes, and calls two functions here for each
+// Method: prepare_method once per captured activation (EigenCAM's decomposition, CAM's linear
+// head, and the extra, batched forward passes of Score-CAM and Ablation-CAM through the same
+// rewritten graph), then method_map per rank, which turns activations A [N,K,h,w] and gradients
+// g = dy/dA into a map. methods.cpp holds one function per method and the table kMethods.
 #pragma once
 
 #include <ATen/core/Tensor.h>
 #include <ATen/core/ivalue.h>
 #include <torch/csrc/jit/api/module.h>
 
+#include <memory>
 #include <string>
 
 #include <gradcam/grad_cam.hpp>
@@ -23,14 +26,6 @@ struct Weighted {
   at::Tensor weights;     ///< [N,K] or undefined
 };
 
-/// Grad-CAM, Grad-CAM++, XGrad-CAM, HiResCAM, LayerCAM from A and g (already negated for
-/// counterfactual maps).
-Weighted gradient_method(Method method, const at::Tensor& a, const at::Tensor& g);
-
-/// EigenCAM: A (centred over positions) projected on its first principal component; the sign is
-/// chosen so that the projection correlates positively with the channel sum of A.
-Weighted eigen_cam(const at::Tensor& a);
-
 /// The linear layer CAM reads: weight [classes, K] and bias [classes] (undefined if none).
 struct LinearHead {
   std::string name;
@@ -38,25 +33,45 @@ struct LinearHead {
   at::Tensor bias;
 };
 
-/// Finds the linear layer after global pooling: `path` (a module path) or, if empty, the last
-/// parameter named "weight" of shape [classes, K]. Throws gradcam::Error naming what was looked
-/// for.
-LinearHead find_linear_head(const torch::jit::Module& module, const std::string& path,
-                            int64_t channels, int64_t classes);
+/// What a method computes once per captured activation and reuses for every rank.
+struct Prepared {
+  at::Tensor perturbed;                    ///< Score-/Ablation-CAM: logits [N,K,classes]
+  Weighted eigen;                          ///< EigenCAM (class-agnostic)
+  std::shared_ptr<const LinearHead> head;  ///< CAM: the linear layer after pooling
+};
 
-/// CAM for the classes [N] of one rank; checks that the head really is GAP + that linear layer by
-/// reproducing the logits, and throws gradcam::Error otherwise.
-Weighted class_activation_map(const LinearHead& head, const at::Tensor& a, const at::Tensor& classes,
-                              const at::Tensor& logits, const std::string& layer);
+/// What a method's preparation may read: the call, and one captured activation.
+struct PrepareInputs {
+  const Forward& forward;           ///< the rewritten forward (perturbation methods rerun it)
+  const torch::jit::Module& module;
+  const GradCAMOptions& options;
+  const at::Tensor& input;          ///< the model input [N,C,H,W], detached
+  const at::Tensor& a;              ///< the activation [N,K,...], detached
+  size_t slot;                      ///< where it was captured: the layer's slot...
+  int64_t call;                     ///< ...and which call of it
+  const at::Tensor& logits;         ///< [N, classes] for class targets, else undefined
+  const Prepared* first;            ///< this method's preparation of the first activation, or null
+};
 
-/// The logits [N,K,classes] of the model on perturbed inputs, one per (sample, channel):
-/// Score-CAM: input * normalised upsampled A_k; Ablation-CAM: input with channel k of the capture
-/// (slot, call) set to zero. Runs `batch` perturbed inputs per forward pass.
-at::Tensor perturbed_logits(Method method, const Forward& forward, const at::Tensor& input,
-                            const at::Tensor& a, size_t slot, int64_t call, int64_t batch);
+/// What a method's map may read: one captured activation, at one rank.
+struct MethodInputs {
+  const at::Tensor& a;         ///< [N,K,...], detached
+  const at::Tensor& g;         ///< dy/dA (negated for counterfactual maps); gradient methods only
+  const at::Tensor& classes;   ///< [N] the class explained for each sample at this rank
+  const at::Tensor& score;     ///< [N] the explained score at this rank, detached
+  const at::Tensor& logits;    ///< [N, classes] for class targets, else undefined
+  const std::string& layer;
+  const Prepared& prepared;    ///< this method's preparation of this activation
+};
 
-/// The class-score tensor of a model output (a tensor, the first tensor of a tuple, a dict's
-/// "out"); throws gradcam::Error naming what the output is. (grad_cam.cpp)
-at::Tensor logits_of(const c10::IValue& out);
+/// The method's work shared by every rank (nothing for the gradient methods).
+Prepared prepare_method(Method method, const PrepareInputs& in);
+
+/// The method's map and weights for one activation at one rank.
+Weighted method_map(Method method, const MethodInputs& in);
+
+/// Score-CAM and Ablation-CAM: weights from extra forward passes of perturbed inputs, so they
+/// explain class targets only.
+bool is_perturbation(Method method);
 
 }  // namespace gradcam::detail

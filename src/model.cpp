@@ -21,27 +21,10 @@
 #include <gradcam/error.hpp>
 
 #include "archive.hpp"
-#include "graph.hpp"
+#include "util.hpp"
 
 namespace gradcam {
 
-void fail(const std::string& message) { throw Error(message); }
-
-namespace detail {
-bool in_training_mode(const torch::jit::Module& module) {
-  for (const auto& m : module.modules()) {
-    if (!m.hasattr("training")) continue;
-    const c10::IValue flag = m.attr("training");
-    if (flag.isBool() && flag.toBool()) return true;
-  }
-  return false;
-}
-
-void internal_error(const char* file, int line, const std::string& what) {
-  throw std::logic_error(concat("gradcam internal error at ", file, ":", line, ": ", what,
-                                " (please report this bug)"));
-}
-}  // namespace detail
 
 namespace {
 void check_device(const c10::Device& device) {

@@ -6,7 +6,7 @@
 
 #include <gradcam/error.hpp>
 
-#include "graph.hpp"
+#include "util.hpp"
 
 namespace gradcam::targets {
 
