@@ -3,25 +3,10 @@
 // Catch2 that find_package found (Debian 12 ships v2, Debian 13 v3).
 #pragma once
 #include <ATen/ATen.h>
-#include <ATen/Context.h>
 #include <torch/csrc/jit/api/module.h>
 #undef CHECK
 
-#include <cstdlib>
 #include <string>
-
-namespace test {
-/// GRADCAM_TEST_DISABLE_MKLDNN=1: LibTorch's oneDNN kernels off for the whole test program, set
-/// by scripts/test_debian13.sh when scripts/lib/onednn_check.py finds that this LibTorch's own
-/// float32 convolution gradients are wrong with them (Debian 13's oneDNN 3.7.2 on AVX-512, 2026-12).
-inline const bool kMkldnnOff = [] {
-  const char* v = std::getenv("GRADCAM_TEST_DISABLE_MKLDNN");
-  const bool off = v != nullptr && std::string(v) == "1";
-  if (off) at::globalContext().setUserEnabledMkldnn(false);
-  return off;
-}();
-}  // namespace test
-
 
 #if defined(GRADCAM_CATCH2_MAJOR) && GRADCAM_CATCH2_MAJOR >= 3
 #include <catch2/catch_approx.hpp>
