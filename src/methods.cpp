@@ -235,16 +235,11 @@ at::Tensor perturbed_logits(Method method, const Forward& forward, const at::Ten
   return all.view({n, k, all.size(1)});
 }
 
-Prepared prepare_score_cam(const PrepareInputs& in) {
+/// Score-CAM and Ablation-CAM: the perturbed logits, computed once for every rank.
+template <Method M>
+Prepared prepare_perturbed(const PrepareInputs& in) {
   Prepared p;
-  p.perturbed = perturbed_logits(Method::scorecam, in.forward, in.input, in.a, in.slot, in.call,
-                                 in.options.perturbation_batch());
-  return p;
-}
-
-Prepared prepare_ablation_cam(const PrepareInputs& in) {
-  Prepared p;
-  p.perturbed = perturbed_logits(Method::ablationcam, in.forward, in.input, in.a, in.slot, in.call,
+  p.perturbed = perturbed_logits(M, in.forward, in.input, in.a, in.slot, in.call,
                                  in.options.perturbation_batch());
   return p;
 }
@@ -288,8 +283,8 @@ const MethodRow kMethods[] = {
     {Method::xgradcam, "xgradcam", true, false, nullptr, xgrad_cam},
     {Method::hirescam, "hirescam", true, false, nullptr, hires_cam},
     {Method::layercam, "layercam", true, false, nullptr, layer_cam},
-    {Method::scorecam, "scorecam", false, true, prepare_score_cam, score_cam},
-    {Method::ablationcam, "ablationcam", false, true, prepare_ablation_cam, ablation_cam},
+    {Method::scorecam, "scorecam", false, true, prepare_perturbed<Method::scorecam>, score_cam},
+    {Method::ablationcam, "ablationcam", false, true, prepare_perturbed<Method::ablationcam>, ablation_cam},
     {Method::eigencam, "eigencam", false, false, prepare_eigen_cam, eigen_cam_map},
     {Method::cam, "cam", false, false, prepare_cam, cam_map},
 };
