@@ -29,7 +29,7 @@ int main(int argc, char** argv) try {
   auto loc = gradcam::localize(m.map[0][0], gradcam::LocalizeOptions().size({geo.input_height, geo.input_width}));
   if (loc[0].box) {
     const auto& b = *loc[0].box;
-    gradcam::draw_box(boxed, geo.to_image({b.x0, b.y0, b.x1, b.y1}), cv::Scalar(0, 0, 255));
+    gradcam::draw_box(boxed, geo.to_image(b), cv::Scalar(0, 0, 255));
   }
   const std::string cls = std::to_string(r.classes[0][0].item<int64_t>());
   gradcam::save_image(argv[3], gradcam::panel({image, overlay, guided, ggc, boxed},

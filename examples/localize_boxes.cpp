@@ -28,9 +28,9 @@ int main(int argc, char** argv) try {
       continue;
     }
     const auto& b = *loc[0].box;
-    auto box = geo.to_image({b.x0, b.y0, b.x1, b.y1});
+    auto box = geo.to_image(b);
     gradcam::draw_box(out, box, colours[k], std::to_string(cls));
-    std::cout << "class " << cls << ": box " << box[0] << "," << box[1] << "," << box[2] << "," << box[3] << "\n";
+    std::cout << "class " << cls << ": box " << box.x0 << "," << box.y0 << "," << box.x1 << "," << box.y1 << "\n";
   }
   gradcam::save_image(argv[3], out);
   return 0;

@@ -1,4 +1,4 @@
-// src/guided.cpp: GuidedBackprop (a GradCAM engine with no target layer) and display conversion.
+// src/guided.cpp: GuidedBackprop (the engine, engine.hpp, with no target layer) and display conversion.
 #include <gradcam/guided.hpp>
 
 #include <ATen/ATen.h>
@@ -6,12 +6,14 @@
 
 #include <gradcam/error.hpp>
 
+#include "engine.hpp"
+
 namespace gradcam {
 
 GuidedBackprop::GuidedBackprop(const torch::jit::Module& module, GuidedBackpropOptions options) {
   GRADCAM_CHECK(options.mode() != GuidedMode::none,
                 "GuidedBackprop needs GuidedMode::guided or GuidedMode::deconvnet");
-  engine_ = std::make_unique<GradCAM>(
+  engine_ = std::make_unique<detail::Engine>(
       module, GradCAMOptions(std::vector<std::string>{}).guided(options.mode()).device(options.device()));
 }
 

@@ -19,24 +19,24 @@ namespace gradcam {
 
 using detail::concat;
 
-std::array<int, 4> Geometry::to_image(const std::array<int, 4>& b) const {
+Box Geometry::to_image(const Box& b) const {
   auto clampi = [](int v, int hi) { return std::max(0, std::min(v, hi - 1)); };
-  const int x0 = static_cast<int>(std::floor((b[0] + crop_x) / scale_x));
-  const int y0 = static_cast<int>(std::floor((b[1] + crop_y) / scale_y));
-  const int x1 = static_cast<int>(std::ceil((b[2] + 1 + crop_x) / scale_x)) - 1;
-  const int y1 = static_cast<int>(std::ceil((b[3] + 1 + crop_y) / scale_y)) - 1;
-  return {clampi(x0, image_width), clampi(y0, image_height), clampi(x1, image_width),
-          clampi(y1, image_height)};
+  Box o = b;
+  o.x0 = clampi(static_cast<int>(std::floor((b.x0 + crop_x) / scale_x)), image_width);
+  o.y0 = clampi(static_cast<int>(std::floor((b.y0 + crop_y) / scale_y)), image_height);
+  o.x1 = clampi(static_cast<int>(std::ceil((b.x1 + 1 + crop_x) / scale_x)) - 1, image_width);
+  o.y1 = clampi(static_cast<int>(std::ceil((b.y1 + 1 + crop_y) / scale_y)) - 1, image_height);
+  return o;
 }
 
-std::array<int, 4> Geometry::to_input(const std::array<int, 4>& b) const {
+Box Geometry::to_input(const Box& b) const {
   auto clampi = [](int v, int hi) { return std::max(0, std::min(v, hi - 1)); };
-  const int x0 = static_cast<int>(std::floor(b[0] * scale_x)) - crop_x;
-  const int y0 = static_cast<int>(std::floor(b[1] * scale_y)) - crop_y;
-  const int x1 = static_cast<int>(std::ceil((b[2] + 1) * scale_x)) - 1 - crop_x;
-  const int y1 = static_cast<int>(std::ceil((b[3] + 1) * scale_y)) - 1 - crop_y;
-  return {clampi(x0, input_width), clampi(y0, input_height), clampi(x1, input_width),
-          clampi(y1, input_height)};
+  Box o = b;
+  o.x0 = clampi(static_cast<int>(std::floor(b.x0 * scale_x)) - crop_x, input_width);
+  o.y0 = clampi(static_cast<int>(std::floor(b.y0 * scale_y)) - crop_y, input_height);
+  o.x1 = clampi(static_cast<int>(std::ceil((b.x1 + 1) * scale_x)) - 1 - crop_x, input_width);
+  o.y1 = clampi(static_cast<int>(std::ceil((b.y1 + 1) * scale_y)) - 1 - crop_y, input_height);
+  return o;
 }
 
 namespace {
@@ -204,12 +204,11 @@ cv::Mat rgb_to_mat(const at::Tensor& rgb) {
   return bgr;
 }
 
-void draw_box(cv::Mat& bgr, const std::array<int, 4>& b, const cv::Scalar& colour,
-              const std::string& label) {
+void draw_box(cv::Mat& bgr, const Box& b, const cv::Scalar& colour, const std::string& label) {
   const int thick = std::max(1, std::min(bgr.cols, bgr.rows) / 150);
-  cv::rectangle(bgr, cv::Point(b[0], b[1]), cv::Point(b[2], b[3]), colour, thick);
+  cv::rectangle(bgr, cv::Point(b.x0, b.y0), cv::Point(b.x1, b.y1), colour, thick);
   if (!label.empty()) {
-    cv::putText(bgr, label, cv::Point(b[0] + 2, std::max(12, b[1] - 4)), cv::FONT_HERSHEY_SIMPLEX,
+    cv::putText(bgr, label, cv::Point(b.x0 + 2, std::max(12, b.y0 - 4)), cv::FONT_HERSHEY_SIMPLEX,
                 0.4 * thick, colour, thick);
   }
 }

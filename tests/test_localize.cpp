@@ -148,15 +148,15 @@ TEST_CASE("boxes map back through resize and centre crop", "[localize]") {
   CHECK(g.crop_y == 16);
   // the whole input maps to x 58/0.8525 = 68.0 .. 282/0.8525 = 330.8, y 16/0.8533 = 18.75 .. 240/0.8533 = 281.25
   auto whole = g.to_image({0, 0, 223, 223});
-  CHECK(whole == std::array<int, 4>{68, 18, 330, 281});
+  CHECK(whole == gradcam::Box{68, 18, 330, 281});
   // and back: the original box covers the input box
   auto back = g.to_input(whole);
-  CHECK(back[0] <= 0);
-  CHECK(back[2] >= 223);
+  CHECK(back.x0 <= 0);
+  CHECK(back.x1 >= 223);
   // no resize, no crop: identity
   gradcam::Geometry id;
   (void)gradcam::to_tensor(img, gradcam::Preprocess().resize(0).crop(0), &id);
-  CHECK(id.to_image({5, 6, 7, 8}) == std::array<int, 4>{5, 6, 7, 8});
+  CHECK(id.to_image({5, 6, 7, 8}) == gradcam::Box{5, 6, 7, 8});
 }
 #endif
 

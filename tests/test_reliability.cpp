@@ -150,7 +150,7 @@ TEST_CASE("odd images: grayscale, 16-bit, alpha, 1x1, truncated", "[reliability]
   gradcam::Geometry geo;
   at::Tensor x = gradcam::to_tensor(gradcam::load_image(path("one.png")), gradcam::Preprocess().resize(64).crop(64), &geo);
   CHECK(x.sizes() == at::IntArrayRef({1, 3, 64, 64}));
-  CHECK(geo.to_image({0, 0, 63, 63}) == std::array<int, 4>{0, 0, 0, 0});
+  CHECK(geo.to_image({0, 0, 63, 63}) == gradcam::Box{0, 0, 0, 0});
 
   // a truncated JPEG: either a clear error or a (partly grey) image, never a crash
   cv::Mat noise(64, 64, CV_8UC3);

@@ -11,7 +11,7 @@
 // counterfactual maps (GradCAMOptions::counterfactual) and the other CAM methods of
 // GradCAMOptions::methods (Grad-CAM++, XGrad-CAM, HiResCAM, LayerCAM from the same gradients;
 // EigenCAM and CAM from the same activations; Score-CAM and Ablation-CAM from batched extra forward
-// passes). GradCAM is the library's one explainer interface (alias Explainer). See
+// passes). GradCAM is the library's one explainer interface. See
 // docs/architecture.md and docs/methods.md.
 #pragma once
 
@@ -182,10 +182,6 @@ struct GradCAMResult {
   /// gradcam::Error if absent.
   const LayerMap& get(const std::string& layer, int64_t rank = 0, int64_t call = 0,
                       Method method = Method::gradcam) const;
-  const LayerMap& get(Method method, const std::string& layer, int64_t rank = 0,
-                      int64_t call = 0) const {
-    return get(layer, rank, call, method);
-  }
 };
 
 /// Grad-CAM explainer bound to one module. Thread safety: compute() is const and may be called
@@ -215,9 +211,6 @@ class GradCAM {
   struct Impl;
   std::unique_ptr<Impl> impl_;
 };
-
-/// The library's explainer interface: one GradCAM computes every method of its options.
-using Explainer = GradCAM;
 
 /// How fuse() combines maps of several layers.
 enum class Fusion { mean, max };

@@ -20,6 +20,10 @@
 
 namespace gradcam {
 
+namespace detail {
+struct Engine;  // src/engine.hpp: shared with GradCAM
+}  // namespace detail
+
 /// Options of GuidedBackprop.
 class GuidedBackpropOptions {
   /// GuidedMode::guided (default) or GuidedMode::deconvnet.
@@ -54,7 +58,7 @@ class GuidedBackprop {
   GuidedResult compute(const at::Tensor& input, const Target& target = Target::top1()) const;
 
  private:
-  std::unique_ptr<GradCAM> engine_;
+  std::unique_ptr<detail::Engine> engine_;
 };
 
 /// Guided gradients [N,C,H,W] or [C,H,W] to a viewable image in [0,1], as the paper and its code

@@ -10,12 +10,12 @@
 #include <opencv2/core.hpp>
 #include <opencv2/imgproc.hpp>  // cv::COLORMAP_* for overlay()
 
-#include <array>
 #include <cstdint>
 #include <string>
 #include <vector>
 
 #include <gradcam/arg.hpp>
+#include <gradcam/box.hpp>
 
 namespace gradcam {
 
@@ -38,10 +38,11 @@ struct Geometry {
   int crop_x = 0, crop_y = 0;             ///< crop offset in the resized image
   int input_width = 0, input_height = 0;  ///< network input size
 
-  /// Maps a box [x0,y0,x1,y1] (inclusive) in network-input pixels to original-image pixels.
-  std::array<int, 4> to_image(const std::array<int, 4>& box) const;
+  /// Maps a box (inclusive corners) in network-input pixels to original-image pixels; its area
+  /// and mean value are kept as they are.
+  Box to_image(const Box& box) const;
   /// Maps a box in original-image pixels to network-input pixels (clipped to the input).
-  std::array<int, 4> to_input(const std::array<int, 4>& box) const;
+  Box to_input(const Box& box) const;
 };
 
 /// The default pixel limit of load_image: 50 megapixels, 150 MB as 8-bit BGR.
@@ -76,8 +77,8 @@ cv::Mat overlay(const cv::Mat& bgr, const cv::Mat& heat, int colormap, double al
 /// An RGB tensor [3,H,W] in [0,1] (e.g. guided_to_display's output) to an 8-bit BGR image.
 cv::Mat rgb_to_mat(const at::Tensor& rgb);
 
-/// Draws a box [x0,y0,x1,y1] (inclusive pixels) with an optional label.
-void draw_box(cv::Mat& bgr, const std::array<int, 4>& box, const cv::Scalar& colour,
+/// Draws a box (inclusive pixels) with an optional label.
+void draw_box(cv::Mat& bgr, const Box& box, const cv::Scalar& colour,
               const std::string& label = "");
 
 /// Tiles side by side, each scaled to `height`, with a caption under each, like the paper's

@@ -15,6 +15,7 @@
 #include <vector>
 
 #include <gradcam/arg.hpp>
+#include <gradcam/box.hpp>
 
 namespace gradcam {
 
@@ -30,13 +31,6 @@ class LocalizeOptions {
   GRADCAM_ARG(bool, largest_by_box_area) = false;
   /// Components smaller than this many pixels are not reported in `components`. Default 1.
   GRADCAM_ARG(int64_t, min_area) = 1;
-};
-
-/// A box in inclusive pixel coordinates, with its component's pixel count and mean map value.
-struct Box {
-  int x0 = 0, y0 = 0, x1 = 0, y1 = 0;
-  int64_t area = 0;          ///< pixels in the component
-  double mean_value = 0.0;   ///< mean map value over the component
 };
 
 /// The result for one map.

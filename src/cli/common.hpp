@@ -1,5 +1,5 @@
 // src/cli/common.hpp: what the `gradcam` subcommands share: common flags, preprocessing, the
-// progress bar, image listing. Included by main.cpp and workflows.cpp.
+// progress bar, image listing, output files and the interrupt guard. Included by every subcommand.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -110,21 +110,6 @@ inline void add_common(CLI::App* app, Common& c, bool with_model = true) {
 
 inline gradcam::Preprocess preprocess_of(const Common& c) {
   return gradcam::Preprocess().resize(c.resize).crop(c.crop).mean(c.mean).std(c.std);
-}
-
-inline std::vector<std::string> read_labels(const std::string& path) {
-  std::vector<std::string> out;
-  if (path.empty()) return out;
-  std::ifstream in(path);
-  GRADCAM_CHECK(in.good(), "cannot read labels file '", path, "'");
-  std::string line;
-  while (std::getline(in, line)) {
-    while (!line.empty() && (line.back() == '\r' || line.back() == ' ')) line.pop_back();
-    out.push_back(line);
-  }
-  while (!out.empty() && out.back().empty()) out.pop_back();
-  GRADCAM_CHECK(!out.empty(), "labels file '", path, "' is empty");
-  return out;
 }
 
 /// True while a progress bar line is on stderr without its newline.

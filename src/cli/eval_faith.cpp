@@ -20,8 +20,10 @@
 
 #include <gradcam/gradcam.hpp>
 
+#include "batches.hpp"
 #include "commands.hpp"
 #include "common.hpp"
+#include "image_sets.hpp"
 
 namespace gradcam_cli {
 
@@ -48,229 +50,251 @@ struct FaithSums {
   std::vector<double> deletion_curve, insertion_curve;
 };
 
-int run_eval_faith(const FaithArgs& a) {
-  const c10::Device device(a.common.device);
-  auto module = gradcam::load_model(a.common.model, device);
-  std::set<std::string> metrics(a.metrics.begin(), a.metrics.end());
-  // Images and, with annotations, their true classes (explained); otherwise the top-1 class.
+/// One `eval-faith` run: its model, explainer, images and sums.
+struct FaithRun {
+  const FaithArgs& a;
+  c10::Device device;
+  torch::jit::Module module;
+  std::set<std::string> metrics;
   gradcam::Labels labels;
-  if (!a.common.labels.empty()) labels = gradcam::Labels::read(a.common.labels);
   std::vector<std::pair<std::string, std::string>> items;  // path, label ("" = predicted class)
-  if (!a.annotations.empty()) {
-    for (const auto& ann : gradcam::read_annotations(a.annotations, a.images_dir)) {
-      class_of(labels, ann.objects.front(), a.common.labels);  // a bad label is the file's error
-      items.emplace_back(ann.image, ann.objects.front().label);
-    }
-  } else {
-    GRADCAM_CHECK(!a.images_dir.empty(), "give --annotations FILE (explains the true classes) or --images DIR "
-                  "(explains the predicted classes)");
-    for (const auto& path : list_images(a.images_dir)) items.emplace_back(path, "");
-  }
-  if (a.limit > 0 && items.size() > static_cast<size_t>(a.limit)) items.resize(static_cast<size_t>(a.limit));
-
-  std::vector<gradcam::Method> cam_methods;
-  bool guided = false;
-  for (const auto& m : a.methods) {
-    if (m == "guided") {
-      guided = true;
-    } else {
-      cam_methods.push_back(gradcam::method_from_name(m));
-    }
-  }
-  std::vector<std::string> layers = {a.common.layer};
-  gradcam::GradCAMOptions opts(cam_methods.empty() ? std::vector<std::string>{} : layers);
-  if (!cam_methods.empty()) opts.methods(cam_methods);
-  opts.perturbation_batch(a.perturbation_batch).guided(guided ? gradcam::GuidedMode::guided : gradcam::GuidedMode::none);
-  gradcam::GradCAM cam(module, opts);
-  const std::string layer = cam.layers().empty() ? std::string("(input)") : cam.layers().front();
-  const auto pre = preprocess_of(a.common);
-  const gradcam::ScoreModel model = gradcam::score_model(module);
-  const auto curve_opts = gradcam::CurveOptions().steps(a.steps).batch(std::max(a.common.batch, 32));
-  const auto road_opts = gradcam::RoadOptions().batch(std::max(a.common.batch, 32));
-
-  /// The saliency [N,1,h,w] of `method` in a result.
-  auto saliency = [&](const gradcam::GradCAMResult& r, const std::string& method) {
-    if (method == "guided") return r.guided.at(0).abs().sum(1, true);
-    return r.get(layer, 0, 0, gradcam::method_from_name(method)).map;
-  };
+  std::unique_ptr<gradcam::GradCAM> cam;
+  std::string layer;
+  gradcam::ScoreModel model;
+  gradcam::CurveOptions curve_opts;
+  gradcam::RoadOptions road_opts;
   std::map<std::string, FaithSums> sums;
   std::vector<at::Tensor> sanity_inputs;
   std::vector<int64_t> sanity_classes;
-
-  InterruptGuard interrupt_guard;
-  Progress progress(items.size(), !a.common.quiet);
   size_t done = 0, unreadable = 0;
-  bool labels_checked = false;
-  const auto t_start = std::chrono::steady_clock::now();
-  for (size_t start = 0; start < items.size() && !g_interrupted;) {
-    std::vector<at::Tensor> xs;
-    std::vector<std::string> wanted, names;
-    size_t i = start;
-    for (; i < items.size() && static_cast<int>(xs.size()) < a.common.batch; ++i) {
-      try {
-        at::Tensor t = gradcam::to_tensor(gradcam::load_image(items[i].first, a.common.max_pixels), pre);
-        if (!xs.empty() && t.sizes() != xs.front().sizes()) break;
-        xs.push_back(t);
-        wanted.push_back(items[i].second);
-        names.push_back(items[i].first);
-      } catch (const gradcam::Error& e) {
-        say() << "skipping unreadable image " << items[i].first << ": " << for_the_command(e.what()) << "\n";
-        ++unreadable;
-        ++done;
-      }
-    }
-    start = i;
-    if (xs.empty()) continue;
-    at::Tensor x = at::cat(xs, 0).to(device);
-    auto target_of = [&](const std::vector<std::string>& names_wanted) {
-      if (a.annotations.empty()) return gradcam::Target::top1();
-      std::vector<int64_t> cls;
-      for (const auto& w : names_wanted) {
-        auto c = labels.index(w);
-        GRADCAM_CHECK(c.has_value(), "label '", w, "' is not in the labels file",
-                      a.common.labels.empty() ? " (give --labels FILE)" : "");
-        cls.push_back(*c);
-      }
-      return gradcam::Target::classes(cls);
-    };
-    gradcam::GradCAMResult r = cam.compute(x, target_of(wanted));
-    if (done == unreadable) check_map_has_extent(module, r, x);  // the first batch
-    // An image whose output is NaN would make every sum NaN: name it, drop it, redo the others.
-    std::vector<int64_t> keep;
-    std::vector<std::string> kept_wanted;
-    for (int64_t k = 0; k < x.size(0); ++k) {
-      const std::string why = nonfinite_reason(r, k);
-      if (why.empty()) {
-        keep.push_back(k);
-        kept_wanted.push_back(wanted[static_cast<size_t>(k)]);
-        continue;
-      }
-      say() << "skipping " << names[static_cast<size_t>(k)] << ": " << why << "\n";
-      ++unreadable;
-      ++done;
-    }
-    if (keep.empty()) continue;
-    if (static_cast<int64_t>(keep.size()) < x.size(0)) {
-      x = x.index_select(0, at::tensor(keep, at::kLong).to(device));
-      r = cam.compute(x, target_of(kept_wanted));
-    }
-    if (!labels_checked && labels.size() > 0) {
-      GRADCAM_CHECK(static_cast<int64_t>(labels.size()) == r.logits.size(1), "labels file '", a.common.labels,
-                    "' has ", labels.size(), " names but the model has ", r.logits.size(1), " classes");
-      labels_checked = true;
-    }
-    const at::Tensor classes = r.classes.select(1, 0).contiguous();
-    for (const auto& method : a.methods) {
-      FaithSums& s = sums[method];
-      const at::Tensor sal = saliency(r, method);
-      const auto n = static_cast<double>(x.size(0));
-      s.n += n;
-      auto add_curve = [](std::vector<double>& acc, const at::Tensor& scores) {
-        const at::Tensor total = scores.sum(0);
-        acc.resize(static_cast<size_t>(total.size(0)), 0.0);
-        for (int64_t k = 0; k < total.size(0); ++k) acc[static_cast<size_t>(k)] += total[k].item<double>();
-      };
-      if (metrics.count("deletion")) {
-        auto c = gradcam::deletion_curve(model, x, sal, classes, curve_opts);
-        s.deletion += c.auc.sum().item<double>();
-        add_curve(s.deletion_curve, c.scores);
-      }
-      if (metrics.count("insertion")) {
-        auto c = gradcam::insertion_curve(model, x, sal, classes, curve_opts);
-        s.insertion += c.auc.sum().item<double>();
-        add_curve(s.insertion_curve, c.scores);
-      }
-      if (metrics.count("drop")) {
-        auto c = gradcam::confidence_change(model, x, sal, classes);
-        s.drop += c.drop.sum().item<double>();
-        s.increase += c.increase.to(at::kDouble).sum().item<double>();
-      }
-      if (metrics.count("road")) {
-        auto c = gradcam::road(model, x, sal, classes, road_opts);
-        s.morf += c.most_relevant_first.mean(1).sum().item<double>();
-        s.lerf += c.least_relevant_first.mean(1).sum().item<double>();
-      }
-    }
-    for (int64_t k = 0; k < x.size(0) && static_cast<int>(sanity_inputs.size()) < a.sanity; ++k) {
-      sanity_inputs.push_back(x.narrow(0, k, 1));
-      sanity_classes.push_back(classes[k].item<int64_t>());
-    }
-    done += static_cast<size_t>(x.size(0));
-    progress.update(done);
-  }
-  const double wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count();
 
-  json report = {{"model", a.common.model}, {"layer", layer}, {"images", done - unreadable},
-                 {"unreadable", unreadable}, {"interrupted", g_interrupted.load()},
+  explicit FaithRun(const FaithArgs& args)
+      : a(args), device(a.common.device), module(gradcam::load_model(a.common.model, device)),
+        metrics(a.metrics.begin(), a.metrics.end()) {
+    if (!a.common.labels.empty()) labels = gradcam::Labels::read(a.common.labels);
+    read_items();
+    cam = std::make_unique<gradcam::GradCAM>(module, options());
+    layer = cam->layers().empty() ? std::string("(input)") : cam->layers().front();
+    model = gradcam::score_model(module);
+    curve_opts = gradcam::CurveOptions().steps(a.steps).batch(std::max(a.common.batch, 32));
+    road_opts = gradcam::RoadOptions().batch(std::max(a.common.batch, 32));
+  }
+
+  /// Images and, with annotations, their true classes (explained); otherwise the top-1 class.
+  void read_items() {
+    if (!a.annotations.empty()) {
+      for (const auto& ann : gradcam::read_annotations(a.annotations, a.images_dir)) {
+        class_of(labels, ann.objects.front(), a.common.labels);  // a bad label is the file's error
+        items.emplace_back(ann.image, ann.objects.front().label);
+      }
+    } else {
+      GRADCAM_CHECK(!a.images_dir.empty(), "give --annotations FILE (explains the true classes) or --images DIR "
+                    "(explains the predicted classes)");
+      for (const auto& path : list_images(a.images_dir)) items.emplace_back(path, "");
+    }
+    if (a.limit > 0 && items.size() > static_cast<size_t>(a.limit)) items.resize(static_cast<size_t>(a.limit));
+  }
+
+  gradcam::GradCAMOptions options() const {
+    std::vector<gradcam::Method> cam_methods;
+    bool guided = false;
+    for (const auto& m : a.methods) {
+      if (m == "guided") {
+        guided = true;
+      } else {
+        cam_methods.push_back(gradcam::method_from_name(m));
+      }
+    }
+    gradcam::GradCAMOptions opts(cam_methods.empty() ? std::vector<std::string>{} : std::vector<std::string>{a.common.layer});
+    if (!cam_methods.empty()) opts.methods(cam_methods);
+    opts.perturbation_batch(a.perturbation_batch).guided(guided ? gradcam::GuidedMode::guided : gradcam::GuidedMode::none);
+    return opts;
+  }
+
+  /// The classes explained for these images: their true classes, or each one's top-1.
+  gradcam::Target target_of(const std::vector<size_t>& indices) const {
+    if (a.annotations.empty()) return gradcam::Target::top1();
+    std::vector<int64_t> cls;
+    for (size_t i : indices) {
+      const std::string& w = items[i].second;
+      auto c = labels.index(w);
+      GRADCAM_CHECK(c.has_value(), "label '", w, "' is not in the labels file",
+                    a.common.labels.empty() ? " (give --labels FILE)" : "");
+      cls.push_back(*c);
+    }
+    return gradcam::Target::classes(cls);
+  }
+
+  /// The saliency [N,1,h,w] of `method` in a result.
+  at::Tensor saliency(const gradcam::GradCAMResult& r, const std::string& method) const {
+    if (method == "guided") return r.guided.at(0).abs().sum(1, true);
+    return r.get(layer, 0, 0, gradcam::method_from_name(method)).map;
+  }
+};
+
+/// Adds the metrics of every method on the images `x` (their results `r`) to the sums.
+void add_metrics(FaithRun& run, const at::Tensor& x, const gradcam::GradCAMResult& r, const at::Tensor& classes) {
+  auto add_curve = [](std::vector<double>& acc, const at::Tensor& scores) {
+    const at::Tensor total = scores.sum(0);
+    acc.resize(static_cast<size_t>(total.size(0)), 0.0);
+    for (int64_t k = 0; k < total.size(0); ++k) acc[static_cast<size_t>(k)] += total[k].item<double>();
+  };
+  for (const auto& method : run.a.methods) {
+    FaithSums& s = run.sums[method];
+    const at::Tensor sal = run.saliency(r, method);
+    s.n += static_cast<double>(x.size(0));
+    if (run.metrics.count("deletion")) {
+      auto c = gradcam::deletion_curve(run.model, x, sal, classes, run.curve_opts);
+      s.deletion += c.auc.sum().item<double>();
+      add_curve(s.deletion_curve, c.scores);
+    }
+    if (run.metrics.count("insertion")) {
+      auto c = gradcam::insertion_curve(run.model, x, sal, classes, run.curve_opts);
+      s.insertion += c.auc.sum().item<double>();
+      add_curve(s.insertion_curve, c.scores);
+    }
+    if (run.metrics.count("drop")) {
+      auto c = gradcam::confidence_change(run.model, x, sal, classes);
+      s.drop += c.drop.sum().item<double>();
+      s.increase += c.increase.to(at::kDouble).sum().item<double>();
+    }
+    if (run.metrics.count("road")) {
+      auto c = gradcam::road(run.model, x, sal, classes, run.road_opts);
+      s.morf += c.most_relevant_first.mean(1).sum().item<double>();
+      s.lerf += c.least_relevant_first.mean(1).sum().item<double>();
+    }
+  }
+}
+
+void faith_batch(FaithRun& run, const ImageBatch& batch) {
+  at::Tensor x = batch.inputs(run.device);
+  std::vector<size_t> indices;
+  for (const auto& im : batch.images) indices.push_back(im.index);
+  gradcam::GradCAMResult r = run.cam->compute(x, run.target_of(indices));
+  if (run.done == run.unreadable) check_map_has_extent(run.module, r, x);  // the first batch
+  // An image whose output is NaN would make every sum NaN: name it, drop it, redo the others.
+  std::vector<int64_t> keep;
+  std::vector<size_t> kept;
+  for (int64_t k = 0; k < x.size(0); ++k) {
+    const std::string why = nonfinite_reason(r, k);
+    if (why.empty()) {
+      keep.push_back(k);
+      kept.push_back(indices[static_cast<size_t>(k)]);
+      continue;
+    }
+    say() << "skipping " << batch.images[static_cast<size_t>(k)].path << ": " << why << "\n";
+    ++run.unreadable;
+    ++run.done;
+  }
+  if (keep.empty()) return;
+  if (static_cast<int64_t>(keep.size()) < x.size(0)) {
+    x = x.index_select(0, at::tensor(keep, at::kLong).to(run.device));
+    r = run.cam->compute(x, run.target_of(kept));
+  }
+  if (run.labels.size() > 0) check_label_count(run.labels, run.a.common.labels, r.logits.size(1));
+  const at::Tensor classes = r.classes.select(1, 0).contiguous();
+  add_metrics(run, x, r, classes);
+  for (int64_t k = 0; k < x.size(0) && static_cast<int>(run.sanity_inputs.size()) < run.a.sanity; ++k) {
+    run.sanity_inputs.push_back(x.narrow(0, k, 1));
+    run.sanity_classes.push_back(classes[k].item<int64_t>());
+  }
+  run.done += static_cast<size_t>(x.size(0));
+}
+
+/// A method's means over the images: AUCs, mean curves, Average Drop, ROAD.
+json method_means(const FaithRun& run, const FaithSums& s) {
+  json m = json::object();
+  if (s.n <= 0) return m;
+  auto mean_curve = [&](const std::vector<double>& c) {
+    json arr = json::array();
+    for (double v : c) arr.push_back(v / s.n);
+    return arr;
+  };
+  if (run.metrics.count("deletion")) m["deletion_auc"] = s.deletion / s.n, m["deletion_curve"] = mean_curve(s.deletion_curve);
+  if (run.metrics.count("insertion")) m["insertion_auc"] = s.insertion / s.n, m["insertion_curve"] = mean_curve(s.insertion_curve);
+  if (run.metrics.count("drop")) m["average_drop"] = s.drop / s.n, m["increase_in_confidence"] = 100 * s.increase / s.n;
+  if (run.metrics.count("road")) {
+    m["road_morf"] = s.morf / s.n;
+    m["road_lerf"] = s.lerf / s.n;
+    m["road_combined"] = (s.lerf - s.morf) / (2 * s.n);
+  }
+  return m;
+}
+
+/// Sanity check (Adebayo et al.): cascading randomisation on the first --sanity images.
+void sanity_check(const FaithRun& run, json& per_method) {
+  const at::Tensor sx = at::cat(run.sanity_inputs, 0);
+  const at::Tensor sc = at::tensor(run.sanity_classes, at::TensorOptions().dtype(at::kLong));
+  for (const auto& method : run.a.methods) {
+    gradcam::ExplainFn fn = [&](const torch::jit::Module& m, const at::Tensor& in, const at::Tensor& c) {
+      std::vector<int64_t> idx(c.data_ptr<int64_t>(), c.data_ptr<int64_t>() + c.numel());
+      if (method == "guided") {
+        return gradcam::GuidedBackprop(m).compute(in, gradcam::Target::classes(idx)).gradients.at(0).abs().sum(1, true);
+      }
+      const auto meth = gradcam::method_from_name(method);
+      gradcam::GradCAM e(m, gradcam::GradCAMOptions(run.layer).methods({meth}).perturbation_batch(run.a.perturbation_batch));
+      return e.compute(in, gradcam::Target::classes(idx)).get(run.layer, 0, 0, meth).map;
+    };
+    json steps = json::array();
+    for (const auto& st : gradcam::randomization_check(run.module, sx, sc, fn)) {
+      steps.push_back({{"module", st.module}, {"spearman", st.correlation.mean().item<double>()}});
+    }
+    per_method[method]["sanity"] = steps;
+    per_method[method]["sanity_final_spearman"] = steps.back()["spearman"];
+    per_method[method]["sanity_top_spearman"] = steps.front()["spearman"];
+  }
+}
+
+json faith_report(const FaithRun& run, double wall) {
+  const FaithArgs& a = run.a;
+  json report = {{"model", a.common.model}, {"layer", run.layer}, {"images", run.done - run.unreadable},
+                 {"unreadable", run.unreadable}, {"interrupted", g_interrupted.load()},
                  {"explained", a.annotations.empty() ? "predicted class" : "true class"},
                  {"steps", a.steps}, {"seconds", wall}};
   json per_method = json::object();
   for (const auto& method : a.methods) {
-    const FaithSums& s = sums[method];
-    json m = json::object();
-    if (s.n > 0) {
-      auto mean_curve = [&](const std::vector<double>& c) {
-        json arr = json::array();
-        for (double v : c) arr.push_back(v / s.n);
-        return arr;
-      };
-      if (metrics.count("deletion")) m["deletion_auc"] = s.deletion / s.n, m["deletion_curve"] = mean_curve(s.deletion_curve);
-      if (metrics.count("insertion")) m["insertion_auc"] = s.insertion / s.n, m["insertion_curve"] = mean_curve(s.insertion_curve);
-      if (metrics.count("drop")) m["average_drop"] = s.drop / s.n, m["increase_in_confidence"] = 100 * s.increase / s.n;
-      if (metrics.count("road")) {
-        m["road_morf"] = s.morf / s.n;
-        m["road_lerf"] = s.lerf / s.n;
-        m["road_combined"] = (s.lerf - s.morf) / (2 * s.n);
-      }
-    }
-    per_method[method] = m;
+    const auto s = run.sums.find(method);
+    per_method[method] = s == run.sums.end() ? json::object() : method_means(run, s->second);
   }
-  // Sanity check (Adebayo et al.): cascading randomisation on the first --sanity images.
-  if (!sanity_inputs.empty() && !g_interrupted) {
-    const at::Tensor sx = at::cat(sanity_inputs, 0);
-    const at::Tensor sc = at::tensor(sanity_classes, at::TensorOptions().dtype(at::kLong));
-    for (const auto& method : a.methods) {
-      gradcam::ExplainFn fn = [&](const torch::jit::Module& m, const at::Tensor& in, const at::Tensor& c) {
-        std::vector<int64_t> idx(c.data_ptr<int64_t>(), c.data_ptr<int64_t>() + c.numel());
-        if (method == "guided") {
-          return gradcam::GuidedBackprop(m).compute(in, gradcam::Target::classes(idx)).gradients.at(0).abs().sum(1, true);
-        }
-        const auto meth = gradcam::method_from_name(method);
-        gradcam::GradCAM e(m, gradcam::GradCAMOptions(layer).methods({meth}).perturbation_batch(a.perturbation_batch));
-        return e.compute(in, gradcam::Target::classes(idx)).get(layer, 0, 0, meth).map;
-      };
-      json steps = json::array();
-      for (const auto& st : gradcam::randomization_check(module, sx, sc, fn)) {
-        steps.push_back({{"module", st.module}, {"spearman", st.correlation.mean().item<double>()}});
-      }
-      per_method[method]["sanity"] = steps;
-      per_method[method]["sanity_final_spearman"] = steps.back()["spearman"];
-      per_method[method]["sanity_top_spearman"] = steps.front()["spearman"];
-    }
-    report["sanity_images"] = sanity_inputs.size();
+  if (!run.sanity_inputs.empty() && !g_interrupted) {
+    sanity_check(run, per_method);
+    report["sanity_images"] = run.sanity_inputs.size();
   }
   report["methods"] = per_method;
-  write_atomically(a.report, report.dump(2) + "\n");
-  auto cell = [](const json& m, const char* k, int prec) {
-    if (!m.contains(k)) return std::string("-");
-    std::ostringstream o;
-    o << std::fixed << std::setprecision(prec) << m[k].get<double>();
-    return o.str();
-  };
-  std::printf("faithfulness at %s, %zu images (%s)%s\n", layer.c_str(), done - unreadable,
+  return report;
+}
+
+void print_faith_table(const FaithRun& run, const json& report, double wall) {
+  auto cell = [](const json& m, const char* k, int prec) { return m.contains(k) ? fmt(m[k].get<double>(), prec) : "-"; };
+  std::printf("faithfulness at %s, %zu images (%s)%s\n", run.layer.c_str(), run.done - run.unreadable,
               report["explained"].get<std::string>().c_str(), g_interrupted ? " (interrupted)" : "");
   std::printf("| method | deletion AUC (lower better) | insertion AUC (higher) | Average Drop %% (lower) | Increase in Confidence %% (higher) | ROAD MoRF (lower) | ROAD LeRF (higher) | sanity: Spearman after top layer / all layers |\n");
   std::printf("| --- | --- | --- | --- | --- | --- | --- | --- |\n");
-  for (const auto& method : a.methods) {
-    const json& m = per_method[method];
+  for (const auto& method : run.a.methods) {
+    const json& m = report["methods"][method];
     std::printf("| %s | %s | %s | %s | %s | %s | %s | %s / %s |\n", method.c_str(), cell(m, "deletion_auc", 3).c_str(),
                 cell(m, "insertion_auc", 3).c_str(), cell(m, "average_drop", 1).c_str(),
                 cell(m, "increase_in_confidence", 1).c_str(), cell(m, "road_morf", 3).c_str(), cell(m, "road_lerf", 3).c_str(),
                 cell(m, "sanity_top_spearman", 2).c_str(), cell(m, "sanity_final_spearman", 2).c_str());
   }
-  std::printf("(%.1f s; report: %s)\n", wall, a.report.c_str());
+  std::printf("(%.1f s; report: %s)\n", wall, run.a.report.c_str());
+}
+
+int run_eval_faith(const FaithArgs& a) {
+  FaithRun run(a);
+  InterruptGuard interrupt_guard;
+  Progress progress(run.items.size(), !a.common.quiet);
+  const auto t_start = std::chrono::steady_clock::now();
+  std::vector<std::string> paths;
+  for (const auto& item : run.items) paths.push_back(item.first);
+  for_each_batch(paths, a.common, "skipping unreadable image ", run.unreadable, run.done, progress,
+                 [&](const ImageBatch& batch) { faith_batch(run, batch); });
+  const double wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count();
+  const json report = faith_report(run, wall);
+  write_atomically(a.report, report.dump(2) + "\n");
+  print_faith_table(run, report, wall);
   if (g_interrupted) return 130;
-  return unreadable > 0 ? 1 : 0;
+  return run.unreadable > 0 ? 1 : 0;
 }
 
 }  // namespace

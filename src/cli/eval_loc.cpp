@@ -20,8 +20,10 @@
 
 #include <gradcam/gradcam.hpp>
 
+#include "batches.hpp"
 #include "commands.hpp"
 #include "common.hpp"
+#include "image_sets.hpp"
 
 namespace gradcam_cli {
 
@@ -48,19 +50,8 @@ json metrics_json(const gradcam::LocMetrics& m) {
           {"top1_loc_err", 1 - m.top1_loc}, {"top5_loc_err", 1 - m.top5_loc}};
 }
 
-int run_eval_loc(const EvalArgs& a) {
-  const c10::Device device(a.common.device);
-  auto module = gradcam::load_model(a.common.model, device);
-  const auto annotations = gradcam::read_annotations(a.annotations, a.images_dir);
-  gradcam::Labels labels;
-  if (!a.common.labels.empty()) labels = gradcam::Labels::read(a.common.labels);
-  // A label that names no class is the annotation file's error, with its line, before any image
-  // runs; not an "unreadable image" among the results.
-  for (const auto& ann : annotations) class_of(labels, ann.objects.front(), a.common.labels);
-  gradcam::GradCAM cam(module, gradcam::GradCAMOptions(a.common.layer).keep_signed(true));
-  const std::string layer = cam.layers().front();
-  const auto pre = preprocess_of(a.common);
-
+/// The thresholds evaluated: --threshold, and with --sweep 0.05, 0.10 ... 0.95 as well.
+std::vector<double> thresholds_of(const EvalArgs& a) {
   std::vector<double> thresholds = {a.threshold};
   if (a.sweep) {
     for (int i = 1; i <= 19; ++i) {
@@ -69,182 +60,163 @@ int run_eval_loc(const EvalArgs& a) {
     }
     std::sort(thresholds.begin(), thresholds.end());
   }
+  return thresholds;
+}
+
+/// One `eval-loc` run: its model, annotations, accumulators per threshold and counts.
+struct LocRun {
+  const EvalArgs& a;
+  c10::Device device;
+  torch::jit::Module module;
+  std::vector<gradcam::Annotation> annotations;
+  gradcam::Labels labels;
+  std::unique_ptr<gradcam::GradCAM> cam;
+  std::string layer;
   std::map<double, gradcam::LocAccumulator> acc;
-  for (double t : thresholds) acc.emplace(t, gradcam::LocAccumulator(0.5, a.tolerance));
-
-  struct Item {
-    size_t index;
-    cv::Mat image;
-    gradcam::Geometry geometry;
-    at::Tensor input;
-    int64_t true_class;
-    std::vector<gradcam::Box> truth;
-  };
-  struct Batch {
-    std::vector<Item> items;
-    std::vector<std::string> unreadable;
-  };
-  // Decoding and preprocessing of the next batch runs on another thread while the network runs.
-  auto load = [&](size_t start) {
-    Batch b;
-    for (size_t i = start; i < annotations.size() && i < start + static_cast<size_t>(a.common.batch); ++i) {
-      const auto& ann = annotations[i];
-      try {
-        Item it;
-        it.index = i;
-        it.true_class = class_of(labels, ann.objects.front(), a.common.labels);  // checked above
-        for (const auto& o : ann.objects) {
-          auto oc = labels.index(o.label);
-          if (oc && *oc == it.true_class) it.truth.push_back(o.box);
-        }
-        it.image = gradcam::load_image(ann.image, a.common.max_pixels);
-        it.input = gradcam::to_tensor(it.image, pre, &it.geometry);
-        b.items.push_back(std::move(it));
-      } catch (const gradcam::Error& e) {
-        b.unreadable.push_back(ann.image + ": " + e.what());
-      }
-    }
-    return b;
-  };
-
-  InterruptGuard interrupt_guard;
-  Progress progress(annotations.size(), !a.common.quiet);
   size_t done = 0, unreadable = 0, nonfinite = 0;
-  double compute_s = 0;
-  const auto t_start = std::chrono::steady_clock::now();
-  int64_t top_k = -1;
-  bool labels_checked = false;
-  std::future<Batch> next = std::async(std::launch::async, load, size_t{0});
-  for (size_t start = 0; start < annotations.size() && !g_interrupted;) {
-    Batch batch = next.get();
-    start += static_cast<size_t>(a.common.batch);
-    if (start < annotations.size()) next = std::async(std::launch::async, load, start);
-    for (const auto& u : batch.unreadable) say() << "skipping unreadable image " << for_the_command(u) << "\n";
-    unreadable += batch.unreadable.size();
-    done += batch.unreadable.size();
-    // inputs of equal shape go through the network together
-    for (size_t first = 0; first < batch.items.size();) {
-      size_t last = first + 1;
-      while (last < batch.items.size() && batch.items[last].input.sizes() == batch.items[first].input.sizes()) ++last;
-      std::vector<at::Tensor> xs;
-      for (size_t i = first; i < last; ++i) xs.push_back(batch.items[i].input);
-      const at::Tensor x = at::cat(xs, 0).to(device);
-      const auto t0 = std::chrono::steady_clock::now();
-      gradcam::GradCAMResult ranked;
-      if (top_k < 0) {  // the first batch tells how many classes the model has
-        ranked = cam.compute(x, gradcam::Target::topk(1));
-        check_map_has_extent(module, ranked, x);
-        top_k = std::min<int64_t>(5, ranked.logits.size(1));
-        if (!labels_checked && labels.size()) {
-          GRADCAM_CHECK(static_cast<int64_t>(labels.size()) == ranked.logits.size(1), "labels file '",
-                        a.common.labels, "' has ", labels.size(), " names but the model has ",
-                        ranked.logits.size(1), " classes");
-          labels_checked = true;
-        }
-      }
-      if (ranked.maps.empty() || top_k > 1) ranked = cam.compute(x, gradcam::Target::topk(top_k));
-      const int64_t k = top_k;
-      std::vector<int64_t> truth_classes;
-      bool all_in_topk = true;
-      for (size_t i = first; i < last; ++i) {
-        truth_classes.push_back(batch.items[i].true_class);
-        GRADCAM_CHECK(batch.items[i].true_class < ranked.logits.size(1), "class ", batch.items[i].true_class,
-                      " of ", annotations[batch.items[i].index].image, " is out of range: the model has ",
-                      ranked.logits.size(1), " classes");
-      }
-      at::Tensor known_maps;  // [n,1,h,w] maps of the true classes
-      std::vector<at::Tensor> rows;
-      for (size_t i = first; i < last; ++i) {
-        const auto n = static_cast<int64_t>(i - first);
-        int64_t found = -1;
-        for (int64_t r = 0; r < k; ++r)
-          if (ranked.classes[n][r].item<int64_t>() == batch.items[i].true_class) found = r;
-        if (found < 0) {
-          all_in_topk = false;
-          break;
-        }
-        const auto& lm = ranked.get(layer, found);
-        rows.push_back(a.method == "gradcam" ? lm.map[n] : at::relu(-lm.map_signed[n]));
-      }
-      if (all_in_topk) {
-        known_maps = at::stack(rows, 0);
-      } else {
-        auto known = cam.compute(x, gradcam::Target::classes(truth_classes));
-        const auto& lm = known.get(layer);
-        known_maps = a.method == "gradcam" ? lm.map : at::relu(-lm.map_signed);
-      }
-      compute_s += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-      for (size_t i = first; i < last; ++i) {
-        const auto n = static_cast<int64_t>(i - first);
-        const Item& it = batch.items[i];
-        if (const std::string why = nonfinite_reason(ranked, n); !why.empty()) {
-          say() << "skipping " << annotations[it.index].image << ": " << why << "\n";
-          ++nonfinite;
-          ++done;
-          continue;
-        }
-        const std::vector<int64_t> size = {it.geometry.input_height, it.geometry.input_width};
-        std::vector<at::Tensor> ups;
-        std::vector<int64_t> predicted;
-        for (int64_t r = 0; r < k; ++r) {
-          const auto& lm = ranked.get(layer, r);
-          ups.push_back(gradcam::upsample(a.method == "gradcam" ? lm.map[n][0] : at::relu(-lm.map_signed[n][0]), size));
-          predicted.push_back(ranked.classes[n][r].item<int64_t>());
-        }
-        const at::Tensor known_up = gradcam::upsample(known_maps[n][0], size);
-        const int64_t flat = known_up.argmax().item<int64_t>();
-        auto peak_box = it.geometry.to_image({static_cast<int>(flat % size[1]), static_cast<int>(flat / size[1]),
-                                              static_cast<int>(flat % size[1]), static_cast<int>(flat / size[1])});
-        for (double t : thresholds) {
-          auto opts = gradcam::LocalizeOptions().threshold(t).connectivity(a.connectivity).largest_by_box_area(a.by_box_area);
-          auto to_image = [&](const std::optional<gradcam::Box>& b) -> std::optional<gradcam::Box> {
-            if (!b) return std::nullopt;
-            auto m = it.geometry.to_image({b->x0, b->y0, b->x1, b->y1});
-            gradcam::Box o = *b;
-            o.x0 = m[0];
-            o.y0 = m[1];
-            o.x1 = m[2];
-            o.y1 = m[3];
-            return o;
-          };
-          gradcam::LocSample s;
-          s.true_class = it.true_class;
-          s.truth = it.truth;
-          s.predicted = predicted;
-          for (const auto& up : ups) s.boxes.push_back(to_image(gradcam::localize(up, opts).front().box));
-          s.known_box = to_image(gradcam::localize(known_up, opts).front().box);
-          s.peak = std::make_pair((peak_box[0] + peak_box[2]) / 2, (peak_box[1] + peak_box[3]) / 2);
-          acc.at(t).add(s);
-        }
-        ++done;
-      }
-      first = last;
-    }
-    progress.update(done);
-  }
-  if (next.valid()) next.wait();
-  const double wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count();
+  double compute_s = 0;  // in the network and Grad-CAM
+  int64_t top_k = -1;    // min(5, classes), known after the first batch
 
-  const auto main = acc.at(a.threshold).metrics();
+  explicit LocRun(const EvalArgs& args)
+      : a(args), device(a.common.device), module(gradcam::load_model(a.common.model, device)),
+        annotations(gradcam::read_annotations(a.annotations, a.images_dir)) {
+    if (!a.common.labels.empty()) labels = gradcam::Labels::read(a.common.labels);
+    // A label that names no class is the annotation file's error, with its line, before any image
+    // runs; not an "unreadable image" among the results.
+    for (const auto& ann : annotations) class_of(labels, ann.objects.front(), a.common.labels);
+    cam = std::make_unique<gradcam::GradCAM>(module, gradcam::GradCAMOptions(a.common.layer).keep_signed(true));
+    layer = cam->layers().front();
+    for (double t : thresholds_of(a)) acc.emplace(t, gradcam::LocAccumulator(0.5, a.tolerance));
+  }
+
+  int64_t true_class(size_t index) const {
+    return class_of(labels, annotations[index].objects.front(), a.common.labels);
+  }
+  /// The --method's map [N,1,h,w] (or [1,h,w] of one image) from a LayerMap's tensors.
+  at::Tensor chosen(const at::Tensor& map, const at::Tensor& map_signed) const {
+    return a.method == "gradcam" ? map : at::relu(-map_signed);
+  }
+};
+
+/// Maps of a batch: the top-k classes' (`ranked`) and the true classes' [N,1,h,w] (`known`).
+struct LocMaps {
+  gradcam::GradCAMResult ranked;
+  at::Tensor known;
+};
+
+LocMaps loc_maps(LocRun& run, const ImageBatch& batch, const at::Tensor& x) {
+  LocMaps out;
+  if (run.top_k < 0) {  // the first batch tells how many classes the model has
+    out.ranked = run.cam->compute(x, gradcam::Target::topk(1));
+    check_map_has_extent(run.module, out.ranked, x);
+    run.top_k = std::min<int64_t>(5, out.ranked.logits.size(1));
+    check_label_count(run.labels, run.a.common.labels, out.ranked.logits.size(1));
+  }
+  if (out.ranked.maps.empty() || run.top_k > 1) out.ranked = run.cam->compute(x, gradcam::Target::topk(run.top_k));
+  const gradcam::GradCAMResult& ranked = out.ranked;
+  std::vector<int64_t> truth_classes;
+  for (const auto& im : batch.images) {
+    truth_classes.push_back(run.true_class(im.index));
+    GRADCAM_CHECK(truth_classes.back() < ranked.logits.size(1), "class ", truth_classes.back(), " of ", im.path,
+                  " is out of range: the model has ", ranked.logits.size(1), " classes");
+  }
+  // the true class's map is among the top-k ones when every true class is in its image's top k
+  std::vector<at::Tensor> rows;
+  for (int64_t n = 0; n < static_cast<int64_t>(truth_classes.size()); ++n) {
+    int64_t found = -1;
+    for (int64_t r = 0; r < run.top_k; ++r)
+      if (ranked.classes[n][r].item<int64_t>() == truth_classes[static_cast<size_t>(n)]) found = r;
+    if (found < 0) break;
+    const auto& lm = ranked.get(run.layer, found);
+    rows.push_back(run.chosen(lm.map[n], lm.map_signed[n]));
+  }
+  if (rows.size() == truth_classes.size()) {
+    out.known = at::stack(rows, 0);
+  } else {
+    const auto known = run.cam->compute(x, gradcam::Target::classes(truth_classes));
+    const auto& lm = known.get(run.layer);
+    out.known = run.chosen(lm.map, lm.map_signed);
+  }
+  return out;
+}
+
+/// Adds image `n`'s boxes, at every threshold, to the accumulators.
+void score_image(LocRun& run, const LocMaps& maps, const LoadedImage& im, int64_t n) {
+  const int64_t truth_class = run.true_class(im.index);
+  std::vector<gradcam::Box> truth;
+  for (const auto& o : run.annotations[im.index].objects) {
+    auto oc = run.labels.index(o.label);
+    if (oc && *oc == truth_class) truth.push_back(o.box);
+  }
+  const std::vector<int64_t> size = {im.geometry.input_height, im.geometry.input_width};
+  std::vector<at::Tensor> ups;
+  std::vector<int64_t> predicted;
+  for (int64_t r = 0; r < run.top_k; ++r) {
+    const auto& lm = maps.ranked.get(run.layer, r);
+    ups.push_back(gradcam::upsample(run.chosen(lm.map[n][0], lm.map_signed[n][0]), size));
+    predicted.push_back(maps.ranked.classes[n][r].item<int64_t>());
+  }
+  const at::Tensor known_up = gradcam::upsample(maps.known[n][0], size);
+  const int64_t flat = known_up.argmax().item<int64_t>();
+  const int px = static_cast<int>(flat % size[1]), py = static_cast<int>(flat / size[1]);
+  const gradcam::Box peak = im.geometry.to_image({px, py, px, py});
+  auto to_image = [&](const std::optional<gradcam::Box>& b) -> std::optional<gradcam::Box> {
+    if (!b) return std::nullopt;
+    return im.geometry.to_image(*b);
+  };
+  for (auto& [t, acc] : run.acc) {
+    const auto opts = gradcam::LocalizeOptions().threshold(t).connectivity(run.a.connectivity)
+                          .largest_by_box_area(run.a.by_box_area);
+    gradcam::LocSample s;
+    s.true_class = truth_class;
+    s.truth = truth;
+    s.predicted = predicted;
+    for (const auto& up : ups) s.boxes.push_back(to_image(gradcam::localize(up, opts).front().box));
+    s.known_box = to_image(gradcam::localize(known_up, opts).front().box);
+    s.peak = std::make_pair((peak.x0 + peak.x1) / 2, (peak.y0 + peak.y1) / 2);
+    acc.add(s);
+  }
+}
+
+void eval_batch(LocRun& run, const ImageBatch& batch) {
+  const at::Tensor x = batch.inputs(run.device);
+  const auto t0 = std::chrono::steady_clock::now();
+  const LocMaps maps = loc_maps(run, batch, x);
+  run.compute_s += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  for (size_t i = 0; i < batch.images.size(); ++i) {
+    const auto n = static_cast<int64_t>(i);
+    ++run.done;
+    if (const std::string why = nonfinite_reason(maps.ranked, n); !why.empty()) {
+      say() << "skipping " << batch.images[i].path << ": " << why << "\n";
+      ++run.nonfinite;
+      continue;
+    }
+    score_image(run, maps, batch.images[i], n);
+  }
+}
+
+json loc_report(const LocRun& run, double wall) {
+  const EvalArgs& a = run.a;
+  const auto main = run.acc.at(a.threshold).metrics();
   json report = metrics_json(main);
   report["threshold"] = a.threshold;
   report["method"] = a.method;
-  report["layer"] = layer;
+  report["layer"] = run.layer;
   report["model"] = a.common.model;
   report["annotations"] = a.annotations;
-  report["images"] = annotations.size();
-  report["unreadable"] = unreadable;
-  report["nan_outputs"] = nonfinite;  // images whose output or map was NaN or infinite, skipped
+  report["images"] = run.annotations.size();
+  report["unreadable"] = run.unreadable;
+  report["nan_outputs"] = run.nonfinite;  // images whose output or map was NaN or infinite, skipped
   report["interrupted"] = g_interrupted.load();
   report["connectivity"] = a.connectivity;
   report["largest_by"] = a.by_box_area ? "box_area" : "pixels";
   report["pointing_tolerance"] = a.tolerance;
   report["images_per_s"] = wall > 0 ? static_cast<double>(main.n) / wall : 0.0;
-  report["network_images_per_s"] = compute_s > 0 ? static_cast<double>(main.n) / compute_s : 0.0;
+  report["network_images_per_s"] = run.compute_s > 0 ? static_cast<double>(main.n) / run.compute_s : 0.0;
   if (a.sweep) {
     json sweep = json::array();
     double best_t = a.threshold, best = -1;
-    for (const auto& [t, ac] : acc) {
+    for (const auto& [t, ac] : run.acc) {
       json row = metrics_json(ac.metrics());
       row["threshold"] = t;
       sweep.push_back(row);
@@ -256,26 +228,40 @@ int run_eval_loc(const EvalArgs& a) {
     report["sweep"] = sweep;
     report["best_threshold"] = {{"metric", "gt_known_loc"}, {"threshold", best_t}, {"value", best}};
   }
-  write_atomically(a.report, report.dump(2) + "\n");
-  auto pct = [](double v) {
-    std::ostringstream o;
-    o << std::fixed << std::setprecision(1) << 100 * v;
-    return o.str();
-  };
-  std::printf("%s at %s, threshold %.2f, %lld images%s\n", a.method.c_str(), layer.c_str(), a.threshold,
-              static_cast<long long>(main.n), g_interrupted ? " (interrupted)" : "");
+  return report;
+}
+
+void print_loc_table(const LocRun& run, const json& report) {
+  const EvalArgs& a = run.a;
+  auto pct = [](double v) { return fmt(100 * v, 1); };
+  std::printf("%s at %s, threshold %.2f, %lld images%s\n", a.method.c_str(), run.layer.c_str(), a.threshold,
+              static_cast<long long>(run.acc.at(a.threshold).metrics().n), g_interrupted ? " (interrupted)" : "");
   std::printf("| threshold | top-1 cls | top-1 loc | top-5 loc | GT-known loc | mean IoU | pointing |\n");
   std::printf("| --- | --- | --- | --- | --- | --- | --- |\n");
-  for (const auto& [t, ac] : acc) {
-    if (!a.sweep && t != a.threshold) continue;
+  for (const auto& [t, ac] : run.acc) {
     const auto m = ac.metrics();
     std::printf("| %.2f%s | %s | %s | %s | %s | %.3f | %s |\n", t, t == a.threshold ? "*" : "", pct(m.top1_cls).c_str(),
                 pct(m.top1_loc).c_str(), pct(m.top5_loc).c_str(), pct(m.gt_known_loc).c_str(), m.mean_iou,
                 pct(m.pointing_game).c_str());
   }
   std::printf("(accuracies in %%; %.1f images/s; report: %s)\n", report["images_per_s"].get<double>(), a.report.c_str());
+}
+
+int run_eval_loc(const EvalArgs& a) {
+  LocRun run(a);
+  InterruptGuard interrupt_guard;
+  Progress progress(run.annotations.size(), !a.common.quiet);
+  const auto t_start = std::chrono::steady_clock::now();
+  std::vector<std::string> paths;
+  for (const auto& ann : run.annotations) paths.push_back(ann.image);
+  for_each_batch(paths, a.common, "skipping unreadable image ", run.unreadable, run.done, progress,
+                 [&](const ImageBatch& batch) { eval_batch(run, batch); });
+  const double wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count();
+  const json report = loc_report(run, wall);
+  write_atomically(a.report, report.dump(2) + "\n");
+  print_loc_table(run, report);
   if (g_interrupted) return 130;
-  return unreadable + nonfinite > 0 ? 1 : 0;
+  return run.unreadable + run.nonfinite > 0 ? 1 : 0;
 }
 
 }  // namespace

@@ -20,6 +20,7 @@
 
 #include <gradcam/gradcam.hpp>
 
+#include "batches.hpp"
 #include "commands.hpp"
 #include "common.hpp"
 
@@ -31,8 +32,8 @@ namespace {
 
 json box_json(const std::optional<gradcam::Box>& box, const gradcam::Geometry& g) {
   if (!box) return nullptr;
-  auto b = g.to_image({box->x0, box->y0, box->x1, box->y1});
-  return json::array({b[0], b[1], b[2], b[3]});
+  const gradcam::Box b = g.to_image(*box);
+  return json::array({b.x0, b.y0, b.x1, b.y1});
 }
 
 struct ExplainArgs {
@@ -96,16 +97,8 @@ class BatchFailures {
   int repeats_ = 0;
 };
 
-int run_explain(const ExplainArgs& a) {
-  const c10::Device device(a.common.device);
-  auto module = gradcam::load_model(a.common.model, device);
-  const auto labels = read_labels(a.common.labels);
-  const int colormap = gradcam::colormap_from_name(a.colormap);
-  std::set<std::string> methods(a.methods.begin(), a.methods.end());
-  GRADCAM_CHECK(methods.size() == a.methods.size(), "a --method is listed twice");
-  const bool want_guided = methods.count("guided") || methods.count("guided-gradcam");
-  const bool want_deconv = methods.count("deconvnet") || methods.count("deconvnet-gradcam");
-
+/// The images to explain (--image, then --images' files), and a writable --out.
+std::vector<std::string> explain_inputs(const ExplainArgs& a) {
   std::vector<std::string> images = a.images;
   if (!a.images_dir.empty()) {
     auto more = list_images(a.images_dir);
@@ -115,16 +108,21 @@ int run_explain(const ExplainArgs& a) {
   std::error_code ec;
   fs::create_directories(a.out, ec);
   GRADCAM_CHECK(fs::is_directory(a.out), "cannot create output directory '", a.out, "'");
-  {
-    const std::string probe = (fs::path(a.out) / ".gradcam_write_test").string();
-    std::ofstream t(probe);
-    GRADCAM_CHECK(t.good(), "output directory '", a.out, "' is not writable");
-    t.close();
-    fs::remove(probe, ec);
-  }
+  const std::string probe = (fs::path(a.out) / ".gradcam_write_test").string();
+  std::ofstream t(probe);
+  GRADCAM_CHECK(t.good(), "output directory '", a.out, "' is not writable");
+  t.close();
+  fs::remove(probe, ec);
+  return images;
+}
 
-  // One explainer computes every CAM method (one forward pass); Grad-CAM is always computed: the
-  // guided methods, counterfactual maps and boxes of non-map methods use it.
+bool wants(const ExplainArgs& a, const char* m1, const char* m2) {
+  return std::count(a.methods.begin(), a.methods.end(), m1) + std::count(a.methods.begin(), a.methods.end(), m2) > 0;
+}
+
+/// One explainer computes every CAM method (one forward pass); Grad-CAM is always computed: the
+/// guided methods, counterfactual maps and boxes of non-map methods use it.
+gradcam::GradCAMOptions explain_options(const ExplainArgs& a) {
   std::vector<gradcam::Method> cam_methods = {gradcam::Method::gradcam};
   for (const auto& m : a.methods) {
     if (is_cam_method(m) && m != "gradcam") cam_methods.push_back(gradcam::method_from_name(m));
@@ -133,168 +131,198 @@ int run_explain(const ExplainArgs& a) {
   GRADCAM_CHECK(a.fuse.empty() || layer_args.size() > 1, "--fuse combines several layers; give two or more --layer");
   gradcam::GradCAMOptions opts(layer_args);
   opts.keep_signed(true).methods(cam_methods).perturbation_batch(a.perturbation_batch)
-      .guided(want_guided ? gradcam::GuidedMode::guided : gradcam::GuidedMode::none);
-  gradcam::GradCAM cam(module, opts);
-  std::unique_ptr<gradcam::GradCAM> deconv;
-  if (want_deconv) {
-    deconv = std::make_unique<gradcam::GradCAM>(
-        module, gradcam::GradCAMOptions(cam.layers()).guided(gradcam::GuidedMode::deconvnet));
+      .guided(wants(a, "guided", "guided-gradcam") ? gradcam::GuidedMode::guided : gradcam::GuidedMode::none);
+  return opts;
+}
+
+/// One `explain` run: its settings, explainers, outputs and counts.
+struct ExplainRun {
+  const ExplainArgs& a;
+  c10::Device device;
+  torch::jit::Module module;
+  gradcam::Labels labels;
+  int colormap;
+  std::unique_ptr<gradcam::GradCAM> cam, deconv;
+  std::vector<std::string> out_layers;  // the layers maps are written for: each one, or one "fused"
+  gradcam::Target target;
+  RecordsFile records;
+  std::map<std::string, int> stems;
+  size_t done = 0, failed = 0;
+  BatchFailures rejected;
+  bool checked = false;  // labels and map extent, on the first batch explained
+
+  /// Loads the model and the labels; make_explainers() follows once the inputs are checked.
+  explicit ExplainRun(const ExplainArgs& args)
+      : a(args),
+        device(a.common.device),
+        module(gradcam::load_model(a.common.model, device)),
+        colormap(gradcam::colormap_from_name(a.colormap)),
+        target(a.topk > 0 ? gradcam::Target::topk(a.topk)
+               : !a.classes.empty() ? gradcam::Target::classes(a.classes)
+                                    : gradcam::Target::top1()),
+        records((fs::path(a.out) / "records.jsonl").string(), make_run_id()) {
+    if (!a.common.labels.empty()) labels = gradcam::Labels::read(a.common.labels);
   }
-  const std::string layer = cam.layers().front();
-  // The layers maps are written for: each one, or one fused entry.
-  std::vector<std::string> out_layers = a.fuse.empty() ? cam.layers() : std::vector<std::string>{"fused"};
-  gradcam::Target target = a.topk > 0 ? gradcam::Target::topk(a.topk)
-                           : !a.classes.empty() ? gradcam::Target::classes(a.classes)
-                                                : gradcam::Target::top1();
-  const auto pre = preprocess_of(a.common);
+
+  void make_explainers() {
+    cam = std::make_unique<gradcam::GradCAM>(module, explain_options(a));
+    if (wants(a, "deconvnet", "deconvnet-gradcam")) {
+      deconv = std::make_unique<gradcam::GradCAM>(
+          module, gradcam::GradCAMOptions(cam->layers()).guided(gradcam::GuidedMode::deconvnet));
+    }
+    out_layers = a.fuse.empty() ? cam->layers() : std::vector<std::string>{"fused"};
+  }
+
+  void write(const json& rec) {
+    records.write(rec);
+    if (a.json_lines) std::cout << rec.dump() << std::endl;
+  }
+};
+
+/// The CAM map [h,w] of `method` (a CAM method name) for image `n`, rank `rank`: of `out_layer`,
+/// or the --fuse of every layer's.
+at::Tensor cam_map(const ExplainRun& run, const gradcam::GradCAMResult& r, const std::string& method,
+                   const std::string& out_layer, int64_t rank, int64_t n, const at::Tensor& x) {
+  const auto m = gradcam::method_from_name(method);
+  if (run.a.fuse.empty()) return r.get(out_layer, rank, 0, m).map[n][0];
+  std::vector<at::Tensor> parts;
+  for (const auto& l : run.cam->layers()) parts.push_back(r.get(l, rank, 0, m).map.narrow(0, n, 1));
+  return gradcam::fuse(parts, run.a.fuse == "max" ? gradcam::Fusion::max : gradcam::Fusion::mean,
+                       {x.size(2), x.size(3)})[0][0];
+}
+
+/// Writes a map's overlay, map and upsampled map under `base`; returns the files and the box.
+std::pair<json, json> write_map(const ExplainRun& run, const at::Tensor& map, const LoadedImage& im,
+                                const std::string& base) {
+  const gradcam::Geometry& g = im.geometry;
+  json files = json::object();
+  cv::Mat heat = gradcam::map_to_image(map, g);
+  gradcam::save_image(base + ".png", gradcam::overlay(im.image, heat, run.colormap, run.a.alpha));
+  files["overlay"] = base + ".png";
+  gradcam::save_npy(base + "_map.npy", map);
+  files["map"] = base + "_map.npy";
+  at::Tensor up = gradcam::upsample(map, {g.input_height, g.input_width});
+  gradcam::save_npy(base + "_map_upsampled.npy", up);
+  files["map_upsampled"] = base + "_map_upsampled.npy";
+  return {files, box_json(gradcam::localize(up, gradcam::LocalizeOptions().threshold(run.a.threshold)).front().box, g)};
+}
+
+/// Writes an input gradient's picture and values under `base`; the box is Grad-CAM's (`lm`).
+std::pair<json, json> write_gradient(const ExplainRun& run, const at::Tensor& grad, const gradcam::LayerMap& lm,
+                                     int64_t n, const LoadedImage& im, const std::string& base) {
+  json files = json::object();
+  gradcam::save_image(base + ".png", gradcam::rgb_to_mat(gradcam::guided_to_display(grad)));
+  files["guided"] = base + ".png";
+  gradcam::save_npy(base + ".npy", grad);
+  files["gradients"] = base + ".npy";
+  const gradcam::Geometry& g = im.geometry;
+  const at::Tensor up = gradcam::upsample(lm.map[n][0], {g.input_height, g.input_width});
+  return {files, box_json(gradcam::localize(up, gradcam::LocalizeOptions().threshold(run.a.threshold)).front().box, g)};
+}
+
+/// The files and box of one method for image `n` at one rank and output layer.
+std::pair<json, json> explain_method(const ExplainRun& run, const gradcam::GradCAMResult& r,
+                                     const gradcam::GradCAMResult& rd, const std::string& method,
+                                     const std::string& out_layer, int64_t rank, const LoadedImage& im, int64_t n,
+                                     const at::Tensor& x, const std::string& base) {
+  // Grad-CAM of this layer (fused output: of the first layer) for counterfactual, guided, boxes
+  const gradcam::LayerMap& lm = r.get(run.a.fuse.empty() ? out_layer : run.cam->layers().front(), rank, 0);
+  if (is_cam_method(method)) return write_map(run, cam_map(run, r, method, out_layer, rank, n, x), im, base);
+  if (method == "counterfactual") return write_map(run, at::relu(-lm.map_signed[n][0]), im, base);
+  at::Tensor grad;
+  if (method == "guided") grad = r.guided.at(static_cast<size_t>(rank))[n];
+  if (method == "guided-gradcam") grad = lm.guided_gradcam[n];
+  if (method == "deconvnet") grad = rd.guided.at(static_cast<size_t>(rank))[n];
+  if (method == "deconvnet-gradcam") grad = rd.get(lm.layer, rank, 0).guided_gradcam[n];
+  return write_gradient(run, grad, lm, n, im, base);
+}
+
+/// Writes the files and records of image `n` of a batch: every rank, output layer and method.
+void explain_image(ExplainRun& run, const gradcam::GradCAMResult& r, const gradcam::GradCAMResult& rd,
+                   const at::Tensor& probs, const LoadedImage& im, int64_t n, const at::Tensor& x) {
+  const ExplainArgs& a = run.a;
+  if (const std::string why = nonfinite_reason(r, n); !why.empty()) {
+    say() << "skipping " << im.path << ": " << why << "\n";
+    run.write({{"image", im.path}, {"error", why}});
+    ++run.failed;
+    return;
+  }
+  std::string stem = fs::path(im.path).stem().string();
+  if (int k = run.stems[stem]++; k > 0) stem += "_" + std::to_string(k);
+  for (int64_t rank = 0; rank < r.classes.size(1); ++rank) {
+    const int64_t cls = r.classes[n][rank].item<int64_t>();
+    for (const std::string& out_layer : run.out_layers) {
+      for (const std::string& method : a.methods) {
+        std::string suffix = run.out_layers.size() > 1 || !a.fuse.empty() ? "_" + out_layer : std::string();
+        std::replace(suffix.begin(), suffix.end(), '%', '_');
+        const std::string base = (fs::path(a.out) / (stem + "_c" + std::to_string(cls) + "_" + method + suffix)).string();
+        const auto [files, box] = explain_method(run, r, rd, method, out_layer, rank, im, n, x, base);
+        run.write({{"image", im.path}, {"class", cls}, {"label", run.labels.name(cls)}, {"rank", rank},
+                   {"score", r.scores[n][rank].item<double>()},
+                   {"prob", probs.defined() ? json(probs[n][cls].item<double>()) : json(nullptr)},
+                   {"layer", a.fuse.empty() ? out_layer : "fused:" + a.fuse}, {"method", method}, {"box", box},
+                   {"files", files}});
+      }
+    }
+  }
+}
+
+/// Explains the images of one batch, or names them as skipped when the network refuses the batch.
+void explain_batch(ExplainRun& run, const ImageBatch& batch, Progress& progress) {
+  const at::Tensor x = batch.inputs(run.device);
+  gradcam::GradCAMResult r, rd;
+  try {
+    r = run.cam->compute(x, run.target);
+    if (run.deconv) rd = run.deconv->compute(x, run.target);
+  } catch (const gradcam::Error& e) {
+    // A batch holds images of one shape: an input the network cannot take (a 1x1 image) fails
+    // the batch. Skip and name them, and go on. The same error on the first batches, before any
+    // success, comes from the settings, not the images: stop with it.
+    run.rejected.note(e.what(), run.done == run.failed);
+    for (const auto& im : batch.images) say() << "skipping " << im.path << ": " << for_the_command(e.what()) << "\n";
+    run.failed += batch.images.size();
+    run.done += batch.images.size();
+    progress.update(run.done);
+    return;
+  }
+  if (!run.checked) {
+    if (r.logits.defined()) check_label_count(run.labels, run.a.common.labels, r.logits.size(1));
+    check_map_has_extent(run.module, r, x);
+    run.checked = true;
+  }
+  const at::Tensor probs = r.logits.defined() ? at::softmax(r.logits.to(at::kFloat), 1).cpu() : at::Tensor();
+  for (size_t n = 0; n < batch.images.size(); ++n) {
+    explain_image(run, r, rd, probs, batch.images[n], static_cast<int64_t>(n), x);
+    progress.update(++run.done);
+  }
+}
+
+int run_explain(const ExplainArgs& a) {
+  ExplainRun run(a);
+  std::set<std::string> methods(a.methods.begin(), a.methods.end());
+  GRADCAM_CHECK(methods.size() == a.methods.size(), "a --method is listed twice");
+  const std::vector<std::string> images = explain_inputs(a);
+  run.make_explainers();
   const OutputLock lock(a.out);
-  RecordsFile records((fs::path(a.out) / "records.jsonl").string(), make_run_id());
 
   InterruptGuard interrupt_guard;
   Progress progress(images.size(), !a.common.quiet);
-  size_t done = 0, failed = 0;
-  BatchFailures rejected;
-  std::map<std::string, int> stems;
-  bool labels_checked = false, extent_checked = false;
-  for (size_t start = 0; start < images.size() && !g_interrupted;) {
-    // a batch of consecutive images whose inputs have the same shape
-    std::vector<std::string> paths;
-    std::vector<cv::Mat> originals;
-    std::vector<gradcam::Geometry> geoms;
-    std::vector<at::Tensor> inputs;
-    size_t i = start;
-    for (; i < images.size() && static_cast<int>(inputs.size()) < a.common.batch; ++i) {
-      try {
-        cv::Mat img = gradcam::load_image(images[i], a.common.max_pixels);
-        gradcam::Geometry g;
-        at::Tensor t = gradcam::to_tensor(img, pre, &g);
-        if (!inputs.empty() && t.sizes() != inputs.front().sizes()) break;
-        paths.push_back(images[i]);
-        originals.push_back(img);
-        geoms.push_back(g);
-        inputs.push_back(t);
-      } catch (const gradcam::Error& e) {
-        say() << "skipping " << images[i] << ": " << for_the_command(e.what()) << "\n";
-        ++failed;
-        ++done;
-      }
-    }
-    start = i;
-    if (inputs.empty()) continue;
-    at::Tensor x = at::cat(inputs, 0).to(device);
-    gradcam::GradCAMResult r, rd;
-    try {
-      r = cam.compute(x, target);
-      if (deconv) rd = deconv->compute(x, target);
-    } catch (const gradcam::Error& e) {
-      // A batch holds images of one shape: an input the network cannot take (a 1x1 image) fails
-      // the batch. Skip and name them, and go on. The same error on the first batches, before any
-      // success, comes from the settings, not the images: stop with it.
-      rejected.note(e.what(), done == failed);
-      for (const auto& p : paths) say() << "skipping " << p << ": " << for_the_command(e.what()) << "\n";
-      failed += paths.size();
-      done += paths.size();
-      progress.update(done);
-      continue;
-    }
-    if (!labels_checked && !labels.empty() && r.logits.defined()) {
-      GRADCAM_CHECK(static_cast<int64_t>(labels.size()) == r.logits.size(1), "labels file '", a.common.labels,
-                    "' has ", labels.size(), " names but the model has ", r.logits.size(1), " classes");
-      labels_checked = true;
-    }
-    if (!extent_checked) {
-      check_map_has_extent(module, r, x);
-      extent_checked = true;
-    }
-    at::Tensor probs = r.logits.defined() ? at::softmax(r.logits.to(at::kFloat), 1).cpu() : at::Tensor();
-    const int64_t ranks = r.classes.size(1);
-    for (size_t n = 0; n < paths.size(); ++n) {
-      const auto ni = static_cast<int64_t>(n);
-      if (const std::string why = nonfinite_reason(r, ni); !why.empty()) {
-        say() << "skipping " << paths[n] << ": " << why << "\n";
-        const json rec = {{"image", paths[n]}, {"error", why}};
-        records.write(rec);
-        if (a.json_lines) std::cout << rec.dump() << std::endl;
-        ++failed;
-        progress.update(++done);
-        continue;
-      }
-      std::string stem = fs::path(paths[n]).stem().string();
-      if (int k = stems[stem]++; k > 0) stem += "_" + std::to_string(k);
-      for (int64_t rank = 0; rank < ranks; ++rank) {
-        const int64_t cls = r.classes[ni][rank].item<int64_t>();
-        const double score = r.scores[ni][rank].item<double>();
-        const std::string cname = cls >= 0 && cls < static_cast<int64_t>(labels.size()) ? labels[static_cast<size_t>(cls)] : std::to_string(cls);
-        for (const std::string& out_layer : out_layers)
-        for (const std::string& method : a.methods) {
-          // Grad-CAM of this layer (fused output: of the first layer) for counterfactual, guided, boxes
-          const gradcam::LayerMap& lm = r.get(a.fuse.empty() ? out_layer : layer, rank, 0);
-          std::string suffix = out_layers.size() > 1 || !a.fuse.empty() ? "_" + out_layer : std::string();
-          std::replace(suffix.begin(), suffix.end(), '%', '_');
-          const std::string base = (fs::path(a.out) / (stem + "_c" + std::to_string(cls) + "_" + method + suffix)).string();
-          json files = json::object();
-          at::Tensor map;  // [h,w] for the map-based methods
-          if (is_cam_method(method)) {
-            const auto m = gradcam::method_from_name(method);
-            if (a.fuse.empty()) {
-              map = r.get(out_layer, rank, 0, m).map[ni][0];
-            } else {
-              std::vector<at::Tensor> parts;
-              for (const auto& l : cam.layers()) parts.push_back(r.get(l, rank, 0, m).map.narrow(0, ni, 1));
-              map = gradcam::fuse(parts, a.fuse == "max" ? gradcam::Fusion::max : gradcam::Fusion::mean,
-                                  {x.size(2), x.size(3)})[0][0];
-            }
-          }
-          if (method == "counterfactual") map = at::relu(-lm.map_signed[ni][0]);
-          json box = nullptr;
-          if (map.defined()) {
-            const gradcam::Geometry& g = geoms[n];
-            cv::Mat heat = gradcam::map_to_image(map, g);
-            gradcam::save_image(base + ".png", gradcam::overlay(originals[n], heat, colormap, a.alpha));
-            files["overlay"] = base + ".png";
-            gradcam::save_npy(base + "_map.npy", map);
-            files["map"] = base + "_map.npy";
-            at::Tensor up = gradcam::upsample(map, {g.input_height, g.input_width});
-            gradcam::save_npy(base + "_map_upsampled.npy", up);
-            files["map_upsampled"] = base + "_map_upsampled.npy";
-            box = box_json(gradcam::localize(up, gradcam::LocalizeOptions().threshold(a.threshold)).front().box, g);
-          } else {
-            at::Tensor grad;
-            if (method == "guided") grad = r.guided.at(static_cast<size_t>(rank))[ni];
-            if (method == "guided-gradcam") grad = lm.guided_gradcam[ni];
-            if (method == "deconvnet") grad = rd.guided.at(static_cast<size_t>(rank))[ni];
-            if (method == "deconvnet-gradcam") grad = rd.get(lm.layer, rank, 0).guided_gradcam[ni];
-            gradcam::save_image(base + ".png", gradcam::rgb_to_mat(gradcam::guided_to_display(grad)));
-            files["guided"] = base + ".png";
-            gradcam::save_npy(base + ".npy", grad);
-            files["gradients"] = base + ".npy";
-            box = box_json(gradcam::localize(gradcam::upsample(lm.map[ni][0], {geoms[n].input_height, geoms[n].input_width}),
-                                             gradcam::LocalizeOptions().threshold(a.threshold)).front().box, geoms[n]);
-          }
-          json rec = {{"image", paths[n]}, {"class", cls}, {"label", cname}, {"rank", rank},
-                      {"score", score}, {"prob", probs.defined() ? json(probs[ni][cls].item<double>()) : json(nullptr)},
-                      {"layer", a.fuse.empty() ? out_layer : "fused:" + a.fuse}, {"method", method}, {"box", box}, {"files", files}};
-          records.write(rec);
-          if (a.json_lines) std::cout << rec.dump() << std::endl;
-        }
-      }
-      ++done;
-      progress.update(done);
-    }
-  }
+  for_each_batch(images, a.common, "skipping ", run.failed, run.done, progress,
+                 [&](const ImageBatch& batch) { explain_batch(run, batch, progress); });
   if (!a.json_lines && !a.common.quiet) {
     std::string names;
-    for (const auto& l : cam.layers()) names += (names.empty() ? "'" : ", '") + l + "'";
-    std::cerr << "gradcam: explained " << (done - failed) << " image(s) at layer " << names << "; wrote " << a.out << "\n";
+    for (const auto& l : run.cam->layers()) names += (names.empty() ? "'" : ", '") + l + "'";
+    std::cerr << "gradcam: explained " << (run.done - run.failed) << " image(s) at layer " << names << "; wrote "
+              << a.out << "\n";
   }
   if (g_interrupted) {
-    std::cerr << "gradcam: interrupted after " << done << " of " << images.size() << " image(s); "
-              << records.path() << " has the records of every image done\n";
+    std::cerr << "gradcam: interrupted after " << run.done << " of " << images.size() << " image(s); "
+              << run.records.path() << " has the records of every image done\n";
     return 130;
   }
-  rejected.at_end(done == failed);
-  if (failed > 0) {
-    std::cerr << "gradcam: " << failed << " image(s) could not be read or explained\n";
+  run.rejected.at_end(run.done == run.failed);
+  if (run.failed > 0) {
+    std::cerr << "gradcam: " << run.failed << " image(s) could not be read or explained\n";
     return 1;
   }
   return 0;

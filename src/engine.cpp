@@ -1,0 +1,356 @@
+// src/engine.cpp: the engine behind GradCAM and GuidedBackprop (engine.hpp): the target scores,
+// the capture of the layers, the partial backward per rank, the maps, and guided gradients.
+#include "engine.hpp"
+
+#include <ATen/ATen.h>
+#include <c10/util/Exception.h>
+#include <torch/csrc/autograd/autograd.h>
+#include <torch/csrc/jit/api/module.h>
+
+#include <algorithm>
+
+#include <gradcam/error.hpp>
+
+#include "methods.hpp"
+#include "outputs.hpp"
+#include "util.hpp"
+
+namespace gradcam {
+namespace detail {
+
+void check_input(const Forward& forward, const at::Tensor& input) {
+  GRADCAM_CHECK(input.defined(), "the input tensor is undefined");
+  const int64_t dim = forward.expected_dim() > 0 ? forward.expected_dim() : 4;
+  GRADCAM_CHECK(input.dim() == dim, "input has shape ", shape_str(input.sizes()), "; expected a ",
+                dim, "-D batch [N, C, H, W]");
+  GRADCAM_CHECK(input.size(0) > 0, "input batch is empty (shape ", shape_str(input.sizes()), ")");
+  if (forward.expected_channels() > 0) {
+    GRADCAM_CHECK(input.size(1) == forward.expected_channels(), "input has ", input.size(1),
+                  " channels (shape ", shape_str(input.sizes()),
+                  ") but the model's first convolution expects ", forward.expected_channels());
+  }
+  GRADCAM_CHECK(input.is_floating_point(), "input has dtype ", input.scalar_type(),
+                "; expected a floating-point tensor (e.g. float32)");
+  const int64_t bad = (~at::isfinite(input)).sum().item<int64_t>();
+  GRADCAM_CHECK(bad == 0, "input contains ", bad, " NaN or Inf value", bad == 1 ? "" : "s",
+                " (shape ", shape_str(input.sizes()), ")");
+}
+
+namespace {
+
+using detail::logits_of;
+
+/// The output without its autograd history: a result must not keep the call's graph (memory,
+/// and the guided ops' pointers to the call's context) alive.
+c10::IValue detached(const c10::IValue& v) {
+  if (v.isTensor()) return v.toTensor().detach();
+  if (v.isTuple()) {
+    std::vector<c10::IValue> items;
+    for (const auto& e : v.toTuple()->elements()) items.push_back(detached(e));
+    return c10::ivalue::Tuple::create(std::move(items));
+  }
+  if (v.isTensorList()) {
+    c10::List<at::Tensor> out;
+    // a vector, not the c10::List: its proxy references are "dangling" to GCC 14
+    for (const at::Tensor& t : v.toTensorVector()) out.push_back(t.detach());
+    return out;
+  }
+  if (v.isGenericDict()) {
+    auto in = v.toGenericDict();
+    c10::impl::GenericDict out(in.keyType(), in.valueType());
+    for (const auto& kv : in) out.insert(kv.key(), detached(kv.value()));
+    return out;
+  }
+  if (v.isList()) {
+    auto in = v.toList();
+    c10::impl::GenericList out(in.elementType());
+    for (const auto& e : in) out.push_back(detached(e));
+    return out;
+  }
+  return v;
+}
+
+/// Scores to explain: per rank, a [N] tensor; and the class explained per sample and rank.
+struct Scores {
+  std::vector<at::Tensor> per_rank;
+  at::Tensor classes;  // [N,R]
+  at::Tensor logits;
+};
+
+Scores resolve_target(const Target& target, const c10::IValue& out, int64_t n) {
+  Scores s;
+  if (target.kind() == Target::Kind::score) {
+    at::Tensor v = target.fn()(out);
+    GRADCAM_CHECK(v.defined(), "the score function returned an undefined tensor");
+    GRADCAM_CHECK(v.numel() == n, "the score function returned shape ", shape_str(v.sizes()),
+                  "; expected one score per sample, [", n, "]");
+    s.per_rank.push_back(v.reshape({n}));
+    s.classes = at::full({n, 1}, -1, at::TensorOptions().dtype(at::kLong));
+    return s;
+  }
+  at::Tensor logits = logits_of(out);
+  GRADCAM_CHECK(logits.dim() == 2 && logits.size(0) == n, "the model output has shape ",
+                shape_str(logits.sizes()), "; class targets need [N, classes] with N = ", n,
+                " (use Target::score for other outputs)");
+  const int64_t num_classes = logits.size(1);
+  at::Tensor idx;
+  if (target.kind() == Target::Kind::top_k) {
+    GRADCAM_CHECK(target.k() <= num_classes, "top-", target.k(), " requested but the model has ",
+                  num_classes, " classes");
+    idx = std::get<1>(logits.detach().topk(target.k(), 1));
+  } else {
+    const auto& ind = target.indices();
+    GRADCAM_CHECK(ind.size() == 1 || static_cast<int64_t>(ind.size()) == n, "got ", ind.size(),
+                  " class indices for a batch of ", n, "; give one per sample or one for all");
+    for (int64_t c : ind) {
+      GRADCAM_CHECK(c >= 0 && c < num_classes, "class index ", c,
+                    " is out of range: the model has ", num_classes, " classes (0..",
+                    num_classes - 1, ")");
+    }
+    idx = at::tensor(ind, at::TensorOptions().dtype(at::kLong)).to(logits.device());
+    idx = idx.view({-1, 1}).expand({n, 1}).contiguous();
+  }
+  for (int64_t r = 0; r < idx.size(1); ++r) {
+    s.per_rank.push_back(logits.gather(1, idx.narrow(1, r, 1)).squeeze(1));
+  }
+  s.classes = idx;
+  s.logits = logits.detach();
+  return s;
+}
+
+}  // namespace
+
+Engine::Engine(const torch::jit::Module& m, GradCAMOptions opts) : options(std::move(opts)), module(m) {
+  GRADCAM_CHECK(!options.layers().empty() || options.guided() != GuidedMode::none,
+                "GradCAMOptions names no layer");
+  GRADCAM_CHECK(!options.methods().empty() || options.layers().empty(),
+                "GradCAMOptions::methods is empty; name at least one method (e.g. Method::gradcam)");
+  GRADCAM_CHECK(options.perturbation_batch() >= 1, "perturbation_batch must be >= 1, got ",
+                options.perturbation_batch());
+  for (size_t i = 0; i < options.methods().size(); ++i) {
+    const Method m = options.methods()[i];
+    GRADCAM_CHECK(!options.counterfactual() || uses_gradients(m), "counterfactual maps come from "
+                  "negated gradients; method '", method_name(m), "' does not use gradients (use "
+                  "gradcam, gradcam++, xgradcam, hirescam or layercam)");
+    for (size_t j = 0; j < i; ++j) {
+      GRADCAM_CHECK(options.methods()[j] != m, "method '", method_name(m), "' is listed twice");
+    }
+  }
+  if (options.device()) {
+    const c10::Device device = *options.device();
+    GRADCAM_CHECK(!device.is_cuda() || at::hasCUDA(), "device '", device.str(),
+                  "' requested but CUDA is not available on this machine or LibTorch build");
+    bool elsewhere = false;
+    for (const auto& p : module.parameters()) {
+      elsewhere = p.device() != device;
+      break;
+    }
+    if (elsewhere) {  // never move the caller's module: work on a private copy
+      module = m.clone();
+      module.to(device);
+    }
+  }
+  if (in_training_mode(module)) {
+    TORCH_WARN("gradcam: the model is in training mode; explaining it in eval mode "
+               "(batch norm uses running statistics, dropout is off). Call model.eval().");
+  }
+  layers = options.layers();
+  for (auto& layer : layers) {
+    if (layer == "auto") {
+      layer = probe_layers(module, at::Tensor(), options.probe_shape()).auto_layer;
+      GRADCAM_CHECK(!layer.empty(), "'auto' found no 4-D activation with spatial size > 1 for "
+                    "input shape ", shape_str(options.probe_shape()),
+                    "; name a layer (see `gradcam layers`) or set probe_shape");
+    }
+  }
+  RewriteSpec spec;
+  spec.layers = layers;
+  spec.guided = options.guided();
+  forward = std::make_unique<Forward>(module, spec);
+}
+
+namespace {
+
+/// What one compute() call shares between its steps.
+struct Call {
+  Call(const GradCAMOptions& o, const detail::Forward& f, const torch::jit::Module& m,
+       const std::vector<std::string>& l)
+      : options(o), forward(f), module(m), layers(l), ctx(f.slots()) {}
+  const GradCAMOptions& options;
+  const detail::Forward& forward;
+  const torch::jit::Module& module;
+  const std::vector<std::string>& layers;
+  at::Tensor input;  ///< detached, on the options' device; requires grad for guided gradients
+  bool layer_gradients = false;  ///< a gradient method on a layer: a backward pass to the leaves
+  detail::CaptureContext ctx;
+  Scores scores;
+  std::vector<at::Tensor> leaves;                  ///< captured activations A, one per call
+  std::vector<std::pair<size_t, int64_t>> where;   ///< (slot, call) of each leaf
+  std::vector<std::vector<detail::Prepared>> prepared;  ///< [leaf][method]
+};
+
+// Step 1: the forward pass, with the captures recorded in c.ctx.
+c10::IValue run_forward(Call& c) {
+  try {
+    return c.forward.run(c.input, c.ctx);
+  } catch (const Error&) {
+    throw;
+  } catch (const std::exception& e) {
+    fail(concat("the model's forward pass failed on input of shape ", shape_str(c.input.sizes()),
+                ": ", detail::torch_message(e)));
+  }
+}
+
+// Step 2: every capture of every layer, in slot then call order.
+void collect(Call& c) {
+  for (size_t slot = 0; slot < c.layers.size(); ++slot) {
+    GRADCAM_CHECK(!c.ctx.captures[slot].empty(), "layer '", c.layers[slot],
+                  "' was not reached by this forward pass (it is inside a branch not taken)");
+    for (size_t call = 0; call < c.ctx.captures[slot].size(); ++call) {
+      const at::Tensor& a = c.ctx.captures[slot][call];
+      GRADCAM_CHECK(a.dim() >= 3, "layer '", c.layers[slot], "' outputs shape ",
+                    shape_str(a.sizes()), "; CAM methods need spatial dimensions [N, C, h, w]");
+      c.leaves.push_back(a);
+      c.where.emplace_back(slot, static_cast<int64_t>(call));
+    }
+  }
+}
+
+GradCAMResult new_result(const Call& c, const c10::IValue& out) {
+  GradCAMResult result;
+  result.output = std::make_shared<const c10::IValue>(detached(out));
+  result.classes = c.scores.classes;
+  result.logits = c.scores.logits;
+  std::vector<at::Tensor> cols;
+  for (const auto& s : c.scores.per_rank) cols.push_back(s.detach());
+  result.scores = at::stack(cols, 1);
+  result.untouched_activations = c.forward.untouched_activations();
+  result.replaced_activations = c.forward.replaced_activations();
+  return result;
+}
+
+// Step 3: each method's work shared by every rank, per activation (methods.hpp).
+void prepare(Call& c) {
+  const at::Tensor input = c.input.detach();
+  const auto& methods = c.options.methods();
+  c.prepared.resize(c.leaves.size());
+  for (size_t i = 0; i < c.leaves.size(); ++i) {
+    const at::Tensor a = c.leaves[i].detach();
+    for (size_t j = 0; j < methods.size(); ++j) {
+      const detail::Prepared* first = i > 0 ? &c.prepared[0][j] : nullptr;
+      c.prepared[i].push_back(detail::prepare_method(
+          methods[j], {c.forward, c.module, c.options, input, a, c.where[i].first,
+                       c.where[i].second, c.scores.logits, first}));
+    }
+  }
+}
+
+/// dy/dA of leaf i, checked, and negated for counterfactual maps.
+at::Tensor leaf_gradient(const Call& c, size_t i, const at::Tensor& g) {
+  const std::string& layer = c.layers[c.where[i].first];
+  GRADCAM_CHECK(g.defined(), "the target score does not depend on layer '", layer, "' (call ",
+                c.where[i].second,
+                "): no gradient reaches it, so its map would be blank; choose a layer the score is "
+                "computed from");
+  GRADCAM_CHECK(g.ne(0).any().item<bool>(), "the gradient of the target score with respect to "
+                "layer '", layer, "' is zero everywhere, so its map would be blank");
+  return c.options.counterfactual() ? g.neg() : g;
+}
+
+// Step 4: the maps of rank r: the backward pass to the leaves, then every method on every leaf.
+void rank_maps(Call& c, int64_t r, const at::Tensor& score, bool retain, GradCAMResult& result) {
+  std::vector<at::Tensor> grads(c.leaves.size());
+  if (c.layer_gradients) {
+    c.ctx.backward_mode = detail::BackwardMode::ordinary;
+    auto g = torch::autograd::grad({score}, c.leaves, {}, retain, false, /*allow_unused=*/true);
+    for (size_t i = 0; i < g.size(); ++i) grads[i] = leaf_gradient(c, i, g[i]);
+  }
+  const at::Tensor classes = c.scores.classes.narrow(1, r, 1).squeeze(1);
+  const at::Tensor score_r = c.scores.per_rank[static_cast<size_t>(r)].detach();
+  const auto& methods = c.options.methods();
+  for (size_t i = 0; i < c.leaves.size(); ++i) {
+    const std::string& layer = c.layers[c.where[i].first];
+    const at::Tensor a = c.leaves[i].detach();
+    for (size_t j = 0; j < methods.size(); ++j) {
+      const detail::Weighted w = detail::method_map(
+          methods[j], {a, grads[i], classes, score_r, c.scores.logits, layer, c.prepared[i][j]});
+      LayerMap m;
+      m.method = methods[j];
+      m.layer = layer;
+      m.call = c.where[i].second;
+      m.rank = r;
+      m.map = at::relu(w.signed_map);
+      if (c.options.keep_signed()) m.map_signed = w.signed_map;
+      if (c.options.keep_weights()) m.weights = w.weights;
+      if (c.options.keep_activations()) m.activations = a;
+      if (c.options.keep_gradients() && grads[i].defined()) m.gradients = grads[i];
+      result.maps.push_back(std::move(m));
+    }
+  }
+}
+
+// Step 5: guided gradients of rank r's score to the input, and Guided Grad-CAM for the rank's maps
+// (those from first_map on).
+void guided_maps(Call& c, const at::Tensor& score, bool retain, size_t first_map,
+                 GradCAMResult& result) {
+  const GuidedMode guided = c.options.guided();
+  c.ctx.backward_mode = guided == GuidedMode::guided ? detail::BackwardMode::guided
+                                                     : detail::BackwardMode::deconvnet;
+  auto g = torch::autograd::grad({score}, {c.input}, {}, retain, false, true);
+  at::Tensor gin = g[0].defined() ? g[0] : at::zeros_like(c.input);
+  const std::vector<int64_t> input_hw = {c.input.size(2), c.input.size(3)};
+  for (size_t i = first_map; i < result.maps.size(); ++i) {
+    LayerMap& m = result.maps[i];
+    GRADCAM_CHECK(m.map.dim() == 4, "layer '", m.layer, "': Guided Grad-CAM needs a 4-D activation");
+    m.guided_gradcam = gin * upsample(m.map, input_hw);
+  }
+  result.guided.push_back(gin);
+}
+
+}  // namespace
+
+GradCAMResult Engine::compute(const at::Tensor& input, const Target& target) const {
+  const Engine& impl = *this;
+  check_input(*impl.forward, input);
+  Call c(impl.options, *impl.forward, impl.module, impl.layers);
+  c.input = input.detach();
+  if (impl.options.device() && c.input.device() != *impl.options.device()) {
+    c.input = c.input.to(*impl.options.device());
+  }
+  const GuidedMode guided = impl.options.guided();
+  const std::vector<Method>& methods = impl.options.methods();
+  const bool any_layer = !impl.layers.empty();
+  c.layer_gradients = any_layer && std::any_of(methods.begin(), methods.end(), uses_gradients);
+  GRADCAM_CHECK(!any_layer || target.kind() != Target::Kind::score ||
+                    std::none_of(methods.begin(), methods.end(), detail::is_perturbation),
+                "Score-CAM and Ablation-CAM explain class targets (top-k or classes); a "
+                "Target::score function cannot be evaluated on their perturbed batches");
+  // Without gradient methods or guided gradients no backward pass runs: record no graph.
+  const bool need_backward = c.layer_gradients || guided != GuidedMode::none;
+  c10::AutoGradMode grad_on(need_backward);
+  if (guided != GuidedMode::none) c.input.requires_grad_(true);
+
+  const c10::IValue out = run_forward(c);
+  c.scores = resolve_target(target, out, c.input.size(0));
+  collect(c);
+  GradCAMResult result = new_result(c, out);
+  prepare(c);
+  const auto ranks = static_cast<int64_t>(c.scores.per_rank.size());
+  for (int64_t r = 0; r < ranks; ++r) {
+    const at::Tensor score = c.scores.per_rank[static_cast<size_t>(r)].sum();
+    const bool last = r + 1 == ranks;
+    if (need_backward) {
+      GRADCAM_CHECK(score.requires_grad(), "the target score does not depend on ",
+                    c.leaves.empty() ? std::string("the input")
+                                     : concat("layer '", impl.layers.front(), "'"),
+                    ": no gradient can flow back from it");
+    }
+    const size_t first_map = result.maps.size();
+    rank_maps(c, r, score, guided != GuidedMode::none || !last, result);
+    if (guided != GuidedMode::none) guided_maps(c, score, !last, first_map, result);
+  }
+  return result;
+}
+
+}  // namespace detail
+}  // namespace gradcam

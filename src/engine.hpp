@@ -1,0 +1,36 @@
+// src/engine.hpp: the engine behind both explainers, GradCAM (grad_cam.cpp) and GuidedBackprop
+// (guided.cpp). It owns the rewritten forward graph of a module (graph.hpp) and runs one
+// compute(): forward with captures, target scores, then per target rank the partial backward to
+// the captured activations, every method's map (methods.hpp), and the guided gradients.
+#pragma once
+
+#include <torch/csrc/jit/api/module.h>
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <gradcam/grad_cam.hpp>
+
+#include "graph.hpp"
+
+namespace gradcam {
+namespace detail {
+
+/// Built once per explainer. With no layers in `options` it computes guided gradients only
+/// (GuidedBackprop, or a GradCAM asked for nothing else).
+struct Engine {
+  /// Checks the options, moves a private copy of the module to options.device() when it lives
+  /// elsewhere, resolves "auto" layers, and rewrites the forward graph.
+  Engine(const torch::jit::Module& module, GradCAMOptions options);
+  /// See GradCAM::compute. const and thread-safe: each call keeps its state on its own stack.
+  GradCAMResult compute(const at::Tensor& input, const Target& target) const;
+
+  GradCAMOptions options;
+  torch::jit::Module module;        ///< the caller's, or a private copy on options.device()
+  std::vector<std::string> layers;  ///< resolved names ("auto" replaced)
+  std::unique_ptr<Forward> forward;
+};
+
+}  // namespace detail
+}  // namespace gradcam
