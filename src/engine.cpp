@@ -11,6 +11,7 @@
 
 #include <gradcam/error.hpp>
 
+#include "layout.hpp"
 #include "methods.hpp"
 #include "outputs.hpp"
 #include "util.hpp"
@@ -157,9 +158,12 @@ Engine::Engine(const torch::jit::Module& m, GradCAMOptions opts) : options(std::
   layers = options.layers();
   for (auto& layer : layers) {
     if (layer == "auto") {
-      layer = probe_layers(module, at::Tensor(), options.probe_shape()).auto_layer;
-      GRADCAM_CHECK(!layer.empty(), "'auto' found no 4-D activation with spatial size > 1 for "
-                    "input shape ", shape_str(options.probe_shape()),
+      const LayerListing listing = probe_layers(module, at::Tensor(), options.probe_shape());
+      layer = listing.auto_layer;
+      GRADCAM_CHECK(!layer.empty(), "'auto' ",
+                    listing.auto_note.empty() ? "found no 4-D activation with spatial size > 1" : "chose no layer",
+                    " for input shape ", shape_str(options.probe_shape()),
+                    listing.auto_note.empty() ? "" : ": " + listing.auto_note,
                     "; name a layer (see `gradcam layers`) or set probe_shape");
     }
   }
@@ -201,6 +205,22 @@ c10::IValue run_forward(Call& c) {
   }
 }
 
+/// A capture CAM methods can read as [N, C, spatial...]; otherwise an error naming its layout.
+void check_layout(const std::string& layer, const at::Tensor& a, const at::Tensor& input) {
+  GRADCAM_CHECK(a.dim() >= 3, "layer '", layer, "' outputs shape ", shape_str(a.sizes()),
+                "; CAM methods need spatial dimensions [N, C, h, w]");
+  const Layout l = infer_layout(a.sizes(), input.sizes());
+  const char* family = l.kind == Layout::Kind::tokens ? "token" : "channels-last";
+  GRADCAM_CHECK(l.kind != Layout::Kind::tokens && l.kind != Layout::Kind::channels_last, "layer '", layer,
+                "' outputs ", describe(l, a.sizes()),
+                l.kind == Layout::Kind::tokens ? " (a transformer's layout)" : " (Swin's and ConvNeXt's layout)",
+                "; CAM methods read [N, C, h, w], and gradcam does not read ", family,
+                " layers yet: choose a layer with that layout");
+  GRADCAM_CHECK(l.kind == Layout::Kind::channels_first, "layer '", layer, "' outputs ", describe(l, a.sizes()),
+                " for an input ", shape_str(input.sizes()), ": neither a grid [N, C, h, w] nor tokens that form one ",
+                "for this input; CAM methods need spatial dimensions [N, C, h, w]");
+}
+
 // Step 2: every capture of every layer, in slot then call order.
 void collect(Call& c) {
   for (size_t slot = 0; slot < c.layers.size(); ++slot) {
@@ -208,8 +228,7 @@ void collect(Call& c) {
                   "' was not reached by this forward pass (it is inside a branch not taken)");
     for (size_t call = 0; call < c.ctx.captures[slot].size(); ++call) {
       const at::Tensor& a = c.ctx.captures[slot][call];
-      GRADCAM_CHECK(a.dim() >= 3, "layer '", c.layers[slot], "' outputs shape ",
-                    shape_str(a.sizes()), "; CAM methods need spatial dimensions [N, C, h, w]");
+      check_layout(c.layers[slot], a, c.input);
       c.leaves.push_back(a);
       c.where.emplace_back(slot, static_cast<int64_t>(call));
     }

@@ -33,7 +33,10 @@ struct LayerListing {
   std::vector<LayerInfo> layers;  ///< in the order their outputs were produced
   /// The last-produced 4-D activation with h*w > 1 that is not an adaptive pooling (the head's
   /// input); when an enclosing module returns the same activation, the outermost module.
+  /// Unless it is the only one before token layers (a transformer's patch embedding): then
+  /// auto_layer is empty and auto_note says why.
   std::string auto_layer;
+  std::string auto_note;          ///< why auto_layer is empty, when the listing can tell
   bool frozen = false;            ///< true when names are graph values (no submodules)
 };
 

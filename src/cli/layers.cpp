@@ -55,7 +55,9 @@ int run_layers(const Common& c, const std::vector<int>& size, bool as_json) {
       arr.push_back({{"name", l.name}, {"type", l.type}, {"shape", l.shape}, {"calls", l.calls},
                      {"is_tensor", l.is_tensor}, {"auto", l.name == listing.auto_layer}});
     }
-    std::cout << json{{"layers", arr}, {"auto", listing.auto_layer}, {"frozen", listing.frozen}}.dump(2) << "\n";
+    json out = {{"layers", arr}, {"auto", listing.auto_layer}, {"frozen", listing.frozen}};
+    if (!listing.auto_note.empty()) out["auto_note"] = listing.auto_note;
+    std::cout << out.dump(2) << "\n";
     return 0;
   }
   size_t width = 5;
@@ -66,7 +68,8 @@ int run_layers(const Common& c, const std::vector<int>& size, bool as_json) {
     std::printf("%s %-*s  %-22s  %-22s  %lld\n", is_auto ? "*" : " ", static_cast<int>(width), l.name.c_str(),
                 l.type.c_str(), l.is_tensor ? shape(l.shape).c_str() : "(not a tensor)", static_cast<long long>(l.calls));
   }
-  std::printf("\n* auto = %s (input 1x?x%dx%d)%s\n", listing.auto_layer.c_str(), h, w,
+  const std::string chosen = listing.auto_layer.empty() ? "(none: " + listing.auto_note + ")" : listing.auto_layer;
+  std::printf("\n* auto = %s (input 1x?x%dx%d)%s\n", chosen.c_str(), h, w,
               listing.frozen ? "; frozen model: names are graph values" : "");
   return 0;
 }
