@@ -6,7 +6,8 @@ cd "$(dirname "$0")/.."
 bash scripts/install_deps.sh
 BUILD_DIR=${BUILD_DIR:-build}
 if [ ! -f "$BUILD_DIR/build.ninja" ]; then
-  cmake -S . -B "$BUILD_DIR" -G Ninja -DCMAKE_BUILD_TYPE=Release
+  # the tests' fixtures need a Python with torch: Debian's (scripts/install_deps.sh), as test.sh
+  cmake -S . -B "$BUILD_DIR" -G Ninja -DCMAKE_BUILD_TYPE=Release -DGRADCAM_PYTHON="${GRADCAM_PYTHON:-/usr/bin/python3}"
 fi
 cmake --build "$BUILD_DIR" -j "$(nproc)" --target gradcam_cli
 "$BUILD_DIR/gradcam" explain --model examples/demo/digits.pt --images examples/demo/images \
