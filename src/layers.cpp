@@ -15,6 +15,38 @@
 namespace gradcam {
 namespace detail {
 
+/// Sets listing.auto_layer (and auto_note when it chooses none) from a probe run's shapes.
+void choose_auto(LayerListing& listing, const CaptureContext& ctx, const std::vector<ProbeSlot>& slots,
+                 const at::Tensor& input) {
+  // auto: the last-produced 4-D activation with h*w > 1; an enclosing module's output is
+  // produced after its children's, so ties go to the outermost module.
+  // Adaptive pooling (VGG's avgpool to 7x7, or global pooling) is the head's input, not a
+  // feature map, and is skipped.
+  // A transformer's only grid is its patch embedding, which explains nothing: when the one grid
+  // layer is followed by token layers, auto chooses none and says why.
+  size_t grids = 0;
+  std::string tokens_after;
+  for (size_t slot : ctx.order) {
+    const auto& s = ctx.shapes[slot].front();
+    const std::string& type = slots[slot].type;
+    const bool pooling = type.rfind("Adaptive", 0) == 0 || type.find("adaptive_") != std::string::npos;
+    const Layout layout = infer_layout(s, input.sizes());
+    if (s.size() == 4 && s[2] * s[3] > 1 && !pooling && layout.kind == Layout::Kind::channels_first) {
+      listing.auto_layer = slots[slot].name;
+      ++grids;
+      tokens_after.clear();
+    } else if (layout.kind == Layout::Kind::tokens && tokens_after.empty()) {
+      tokens_after = "'" + slots[slot].name + "' gives " + describe(layout, s);
+    }
+  }
+  if (grids == 1 && !tokens_after.empty()) {
+    listing.auto_note = "the one grid layer, '" + listing.auto_layer + "', is followed by token layers (" +
+                        tokens_after + "): a transformer, whose grid layer is its patch embedding, and gradcam "
+                        "does not read token layers yet";
+    listing.auto_layer.clear();
+  }
+}
+
 LayerListing probe_layers(const torch::jit::Module& module, const at::Tensor& example,
                           std::vector<int64_t> shape) {
   RewriteSpec spec;
@@ -57,33 +89,7 @@ LayerListing probe_layers(const torch::jit::Module& module, const at::Tensor& ex
     if (!ctx.shapes[slot].empty()) li.shape = ctx.shapes[slot].front();
     return li;
   };
-  // auto: the last-produced 4-D activation with h*w > 1; an enclosing module's output is
-  // produced after its children's, so ties go to the outermost module.
-  // Adaptive pooling (VGG's avgpool to 7x7, or global pooling) is the head's input, not a
-  // feature map, and is skipped.
-  // A transformer's only grid is its patch embedding, which explains nothing: when the one grid
-  // layer is followed by token layers, auto chooses none and says why.
-  size_t grids = 0;
-  std::string tokens_after;
-  for (size_t slot : ctx.order) {
-    const auto& s = ctx.shapes[slot].front();
-    const std::string& type = slots[slot].type;
-    const bool pooling = type.rfind("Adaptive", 0) == 0 || type.find("adaptive_") != std::string::npos;
-    const Layout layout = infer_layout(s, input.sizes());
-    if (s.size() == 4 && s[2] * s[3] > 1 && !pooling && layout.kind == Layout::Kind::channels_first) {
-      listing.auto_layer = slots[slot].name;
-      ++grids;
-      tokens_after.clear();
-    } else if (layout.kind == Layout::Kind::tokens && tokens_after.empty()) {
-      tokens_after = "'" + slots[slot].name + "' gives " + describe(layout, s);
-    }
-  }
-  if (grids == 1 && !tokens_after.empty()) {
-    listing.auto_note = "the one grid layer, '" + listing.auto_layer + "', is followed by token layers (" +
-                        tokens_after + "): a transformer, whose grid layer is its patch embedding, and gradcam "
-                        "does not read token layers yet";
-    listing.auto_layer.clear();
-  }
+  choose_auto(listing, ctx, slots, input);
   if (listing.frozen) {
     for (size_t slot = 0; slot < slots.size(); ++slot) listing.layers.push_back(info(slot));
   } else {
