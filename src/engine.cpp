@@ -190,6 +190,7 @@ struct Call {
   Scores scores;
   std::vector<at::Tensor> leaves;                  ///< captured activations A, one per call
   std::vector<std::pair<size_t, int64_t>> where;   ///< (slot, call) of each leaf
+  std::vector<Layout> layouts;                     ///< how each leaf is read as a grid
   std::vector<std::vector<detail::Prepared>> prepared;  ///< [leaf][method]
 };
 
@@ -205,30 +206,14 @@ c10::IValue run_forward(Call& c) {
   }
 }
 
-/// A capture CAM methods can read as [N, C, spatial...]; otherwise an error naming its layout.
-void check_layout(const std::string& layer, const at::Tensor& a, const at::Tensor& input) {
-  GRADCAM_CHECK(a.dim() >= 3, "layer '", layer, "' outputs shape ", shape_str(a.sizes()),
-                "; CAM methods need spatial dimensions [N, C, h, w]");
-  const Layout l = infer_layout(a.sizes(), input.sizes());
-  const char* family = l.kind == Layout::Kind::tokens ? "token" : "channels-last";
-  GRADCAM_CHECK(l.kind != Layout::Kind::tokens && l.kind != Layout::Kind::channels_last, "layer '", layer,
-                "' outputs ", describe(l, a.sizes()),
-                l.kind == Layout::Kind::tokens ? " (a transformer's layout)" : " (Swin's and ConvNeXt's layout)",
-                "; CAM methods read [N, C, h, w], and gradcam does not read ", family,
-                " layers yet: choose a layer with that layout");
-  GRADCAM_CHECK(l.kind == Layout::Kind::channels_first, "layer '", layer, "' outputs ", describe(l, a.sizes()),
-                " for an input ", shape_str(input.sizes()), ": neither a grid [N, C, h, w] nor tokens that form one ",
-                "for this input; CAM methods need spatial dimensions [N, C, h, w]");
-}
-
-// Step 2: every capture of every layer, in slot then call order.
+// Step 2: every capture of every layer, in slot then call order, with the layout it is read in.
 void collect(Call& c) {
   for (size_t slot = 0; slot < c.layers.size(); ++slot) {
     GRADCAM_CHECK(!c.ctx.captures[slot].empty(), "layer '", c.layers[slot],
                   "' was not reached by this forward pass (it is inside a branch not taken)");
     for (size_t call = 0; call < c.ctx.captures[slot].size(); ++call) {
       const at::Tensor& a = c.ctx.captures[slot][call];
-      check_layout(c.layers[slot], a, c.input);
+      c.layouts.push_back(resolve_layout(c.options.token_layout(), c.layers[slot], a.sizes(), c.input.sizes()));
       c.leaves.push_back(a);
       c.where.emplace_back(slot, static_cast<int64_t>(call));
     }
@@ -254,24 +239,33 @@ void prepare(Call& c) {
   const auto& methods = c.options.methods();
   c.prepared.resize(c.leaves.size());
   for (size_t i = 0; i < c.leaves.size(); ++i) {
-    const at::Tensor a = c.leaves[i].detach();
+    const at::Tensor a = to_grid(c.leaves[i].detach(), c.layouts[i]);
     for (size_t j = 0; j < methods.size(); ++j) {
       const detail::Prepared* first = i > 0 ? &c.prepared[0][j] : nullptr;
       c.prepared[i].push_back(detail::prepare_method(
-          methods[j], {c.forward, c.module, c.options, input, a, c.where[i].first,
+          methods[j], {c.forward, c.module, c.options, input, a, c.layouts[i], c.where[i].first,
                        c.where[i].second, c.scores.logits, first}));
     }
   }
 }
 
-/// dy/dA of leaf i, checked, and negated for counterfactual maps.
-at::Tensor leaf_gradient(const Call& c, size_t i, const at::Tensor& g) {
+/// dy/dA of leaf i read as a grid, checked, and negated for counterfactual maps.
+at::Tensor leaf_gradient(const Call& c, size_t i, const at::Tensor& raw) {
   const std::string& layer = c.layers[c.where[i].first];
-  GRADCAM_CHECK(g.defined(), "the target score does not depend on layer '", layer, "' (call ",
+  GRADCAM_CHECK(raw.defined(), "the target score does not depend on layer '", layer, "' (call ",
                 c.where[i].second,
                 "): no gradient reaches it, so its map would be blank; choose a layer the score is "
                 "computed from");
-  GRADCAM_CHECK(g.ne(0).any().item<bool>(), "the gradient of the target score with respect to "
+  const at::Tensor g = to_grid(raw, c.layouts[i]);
+  const bool any = g.ne(0).any().item<bool>();
+  // A class-token head reads only the class token after the last attention: the grid's tokens
+  // of the last block's output get no gradient, though the extra tokens do.
+  GRADCAM_CHECK(any || !raw.ne(0).any().item<bool>(), "the gradient of the target score with respect to layer '",
+                layer, "' is zero at every grid token and reaches only its extra tokens, so its map would be "
+                "blank: the head reads the class token, and no attention follows this layer to carry the grid's "
+                "tokens into it; choose a layer before the last attention (the last block's first norm, e.g. "
+                "ln_1 or norm1)");
+  GRADCAM_CHECK(any, "the gradient of the target score with respect to "
                 "layer '", layer, "' is zero everywhere, so its map would be blank");
   return c.options.counterfactual() ? g.neg() : g;
 }
@@ -281,7 +275,12 @@ void rank_maps(Call& c, int64_t r, const at::Tensor& score, bool retain, GradCAM
   std::vector<at::Tensor> grads(c.leaves.size());
   if (c.layer_gradients) {
     c.ctx.backward_mode = detail::BackwardMode::ordinary;
-    auto g = torch::autograd::grad({score}, c.leaves, {}, retain, false, /*allow_unused=*/true);
+    std::vector<at::Tensor> g;
+    try {
+      g = torch::autograd::grad({score}, c.leaves, {}, retain, false, /*allow_unused=*/true);
+    } catch (const std::exception& e) {  // the autograd engine throws std::runtime_error
+      backward_failed("to the layers", e);
+    }
     for (size_t i = 0; i < g.size(); ++i) grads[i] = leaf_gradient(c, i, g[i]);
   }
   const at::Tensor classes = c.scores.classes.narrow(1, r, 1).squeeze(1);
@@ -289,7 +288,7 @@ void rank_maps(Call& c, int64_t r, const at::Tensor& score, bool retain, GradCAM
   const auto& methods = c.options.methods();
   for (size_t i = 0; i < c.leaves.size(); ++i) {
     const std::string& layer = c.layers[c.where[i].first];
-    const at::Tensor a = c.leaves[i].detach();
+    const at::Tensor a = to_grid(c.leaves[i].detach(), c.layouts[i]);
     for (size_t j = 0; j < methods.size(); ++j) {
       const detail::Weighted w = detail::method_map(
           methods[j], {a, grads[i], classes, score_r, c.scores.logits, layer, c.prepared[i][j]});
@@ -298,6 +297,7 @@ void rank_maps(Call& c, int64_t r, const at::Tensor& score, bool retain, GradCAM
       m.layer = layer;
       m.call = c.where[i].second;
       m.rank = r;
+      m.layout = to_public(c.layouts[i]);
       m.map = at::relu(w.signed_map);
       if (c.options.keep_signed()) m.map_signed = w.signed_map;
       if (c.options.keep_weights()) m.weights = w.weights;
@@ -315,7 +315,12 @@ void guided_maps(Call& c, const at::Tensor& score, bool retain, size_t first_map
   const GuidedMode guided = c.options.guided();
   c.ctx.backward_mode = guided == GuidedMode::guided ? detail::BackwardMode::guided
                                                      : detail::BackwardMode::deconvnet;
-  auto g = torch::autograd::grad({score}, {c.input}, {}, retain, false, true);
+  std::vector<at::Tensor> g;
+  try {
+    g = torch::autograd::grad({score}, {c.input}, {}, retain, false, true);
+  } catch (const std::exception& e) {  // the autograd engine throws std::runtime_error
+    backward_failed("to the input (guided gradients)", e);
+  }
   at::Tensor gin = g[0].defined() ? g[0] : at::zeros_like(c.input);
   const std::vector<int64_t> input_hw = {c.input.size(2), c.input.size(3)};
   for (size_t i = first_map; i < result.maps.size(); ++i) {

@@ -22,6 +22,7 @@
 #include <torch/csrc/jit/api/module.h>
 
 #include <atomic>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -44,8 +45,8 @@ enum class BackwardMode { ordinary, guided, deconvnet };
 /// thread-local for the duration of Forward::run (the interpreter runs ops on the calling thread).
 struct CaptureContext {
   /// leaf: record A as an autograd leaf (Grad-CAM); probe: record shapes (layer listing);
-  /// perturb: record nothing but the call count, and scale one capture's channels by
-  /// `ablate_mask` (Ablation-CAM) when ablate_slot / ablate_call name it.
+  /// perturb: record nothing but the call count, and replace one capture's output x by
+  /// `ablate(x)` (Ablation-CAM) when ablate_slot / ablate_call name it.
   enum class Mode { leaf, probe, perturb };
   explicit CaptureContext(size_t slots, Mode m = Mode::leaf) : mode(m), captures(slots) {}
   Mode mode;
@@ -56,11 +57,11 @@ struct CaptureContext {
   std::vector<std::vector<std::vector<int64_t>>> shapes;
   /// Probe mode: the slot of every capture, in the order the forward pass produced them.
   std::vector<size_t> order;
-  /// Perturb mode: the (slot, call) whose output is multiplied by ablate_mask [N,K] (broadcast over
-  /// the spatial dimensions); -1 for none.
+  /// Perturb mode: the (slot, call) whose output x becomes ablate(x); -1 for none. methods.cpp
+  /// knows the layer's layout, so it, not this file, says which values are zeroed.
   int64_t ablate_slot = -1;
   int64_t ablate_call = -1;
-  at::Tensor ablate_mask;
+  std::function<at::Tensor(const at::Tensor&)> ablate;
   /// How gradcam::guided_act back-propagates right now (read during backward).
   std::atomic<BackwardMode> backward_mode{BackwardMode::ordinary};
 };

@@ -40,11 +40,7 @@ at::Tensor capture_op(const at::Tensor& x, int64_t slot) {
   if (ctx->mode == CaptureContext::Mode::perturb) {
     const auto call = static_cast<int64_t>(ctx->captures[slot].size());
     ctx->captures[slot].emplace_back();
-    if (slot == ctx->ablate_slot && call == ctx->ablate_call) {
-      std::vector<int64_t> shape = {ctx->ablate_mask.size(0), ctx->ablate_mask.size(1)};
-      shape.resize(static_cast<size_t>(x.dim()), 1);
-      return x * ctx->ablate_mask.view(shape).to(x.scalar_type());
-    }
+    if (slot == ctx->ablate_slot && call == ctx->ablate_call && ctx->ablate) return ctx->ablate(x);
     return x;
   }
   GRADCAM_CHECK(x.is_floating_point(), "the target layer's output has dtype ", x.scalar_type(),

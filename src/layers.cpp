@@ -2,28 +2,80 @@
 #include <gradcam/layers.hpp>
 
 #include <ATen/ATen.h>
+#include <ATen/CPUGeneratorImpl.h>
+#include <torch/csrc/autograd/autograd.h>
 #include <torch/csrc/jit/api/module.h>
 
+#include <algorithm>
 #include <map>
 
 #include <gradcam/error.hpp>
 
 #include "graph.hpp"
 #include "layout.hpp"
+#include "outputs.hpp"
 #include "util.hpp"
 
 namespace gradcam {
 namespace detail {
 
-/// Sets listing.auto_layer (and auto_note when it chooses none) from a probe run's shapes.
-void choose_auto(LayerListing& listing, const CaptureContext& ctx, const std::vector<ProbeSlot>& slots,
+namespace {
+
+/// The last-produced token or channels-last layer whose grid the model's output depends on, with
+/// the ordinary gradient: one forward and backward pass, every module output captured, of a fixed
+/// pseudo-random input and a fixed random weighting of the class scores (so that no cancellation
+/// or dead unit of a zero input hides a dependence). Empty when there is none, or when the output
+/// has no class scores; then `why` says why, when the probe failed.
+std::string deepest_dependent(const Forward& forward, const CaptureContext& probe,
+                              const std::vector<ProbeSlot>& slots, const at::Tensor& like, std::string& why) {
+  auto gen = at::make_generator<at::CPUGeneratorImpl>(20171022);
+  const at::Tensor x = at::randn(like.sizes(), gen, at::TensorOptions().dtype(at::kFloat)).to(like.options());
+  CaptureContext ctx(forward.slots());
+  c10::AutoGradMode grad_on(true);
+  try {
+    const at::Tensor logits = logits_of(forward.run(x, ctx));
+    const at::Tensor w = at::randn(logits.sizes(), gen, at::TensorOptions().dtype(at::kFloat)).to(logits.options());
+    const at::Tensor score = (logits * w).sum();
+    if (!score.requires_grad()) return "";
+    std::vector<size_t> which;
+    std::vector<Layout> layouts;
+    std::vector<at::Tensor> leaves;
+    for (size_t slot : probe.order) {
+      const Layout l = infer_layout(probe.shapes[slot].front(), like.sizes());
+      const bool grid = l.kind == Layout::Kind::tokens || l.kind == Layout::Kind::channels_last;
+      if (!grid || ctx.captures[slot].empty() || std::find(which.begin(), which.end(), slot) != which.end()) continue;
+      which.push_back(slot);
+      layouts.push_back(l);
+      leaves.push_back(ctx.captures[slot].front());
+    }
+    if (leaves.empty()) return "";
+    std::vector<at::Tensor> grads;
+    try {
+      grads = torch::autograd::grad({score}, leaves, {}, false, false, /*allow_unused=*/true);
+    } catch (const std::exception& e) {  // the autograd engine throws std::runtime_error
+      backward_failed("of auto's probe", e);
+    }
+    std::string chosen;
+    for (size_t i = 0; i < grads.size(); ++i) {
+      if (grads[i].defined() && to_grid(grads[i], layouts[i]).ne(0).any().item<bool>()) chosen = slots[which[i]].name;
+    }
+    return chosen;
+  } catch (const std::exception& e) {  // no class scores, or an output auto cannot read: no choice
+    why = torch_message(e);
+    return "";
+  }
+}
+
+/// Sets listing.auto_layer (and auto_note for a transformer) from a probe run's shapes.
+void choose_auto(LayerListing& listing, const Forward& forward, const CaptureContext& ctx,
                  const at::Tensor& input) {
   // auto: the last-produced 4-D activation with h*w > 1; an enclosing module's output is
   // produced after its children's, so ties go to the outermost module.
   // Adaptive pooling (VGG's avgpool to 7x7, or global pooling) is the head's input, not a
   // feature map, and is skipped.
-  // A transformer's only grid is its patch embedding, which explains nothing: when the one grid
-  // layer is followed by token layers, auto chooses none and says why.
+  // A transformer's only grid is its patch embedding, which explains nothing: when at most one
+  // grid layer is followed by token layers, auto takes a token layer (deepest_dependent).
+  const auto& slots = forward.probe_slots();
   size_t grids = 0;
   std::string tokens_after;
   for (size_t slot : ctx.order) {
@@ -39,13 +91,18 @@ void choose_auto(LayerListing& listing, const CaptureContext& ctx, const std::ve
       tokens_after = "'" + slots[slot].name + "' gives " + describe(layout, s);
     }
   }
-  if (grids == 1 && !tokens_after.empty()) {
-    listing.auto_note = "the one grid layer, '" + listing.auto_layer + "', is followed by token layers (" +
-                        tokens_after + "): a transformer, whose grid layer is its patch embedding, and gradcam "
-                        "does not read token layers yet";
-    listing.auto_layer.clear();
-  }
+  if (grids > 1 || tokens_after.empty()) return;
+  const std::string embedding = listing.auto_layer.empty() ? std::string("it has no grid layer")
+                                                           : "its one grid layer, '" + listing.auto_layer + "', is its patch embedding";
+  std::string why;
+  listing.auto_layer = deepest_dependent(forward, ctx, slots, input, why);
+  listing.auto_note = "a transformer (" + embedding + ", followed by token layers: " + tokens_after + "): " +
+                      (!listing.auto_layer.empty() ? std::string("the last token layer whose grid tokens the output depends on")
+                       : why.empty() ? std::string("the output depends on no token layer's grid for a random input (is the head all zeros?)")
+                                     : "no token layer could be chosen: " + why);
 }
+
+}  // namespace
 
 LayerListing probe_layers(const torch::jit::Module& module, const at::Tensor& example,
                           std::vector<int64_t> shape) {
@@ -87,9 +144,11 @@ LayerListing probe_layers(const torch::jit::Module& module, const at::Tensor& ex
     li.is_tensor = slots[slot].is_tensor;
     li.calls = static_cast<int64_t>(ctx.captures[slot].size());
     if (!ctx.shapes[slot].empty()) li.shape = ctx.shapes[slot].front();
+    const Layout layout = infer_layout(li.shape, input.sizes());
+    if (layout.kind != Layout::Kind::other) li.layout = to_public(layout);
     return li;
   };
-  choose_auto(listing, ctx, slots, input);
+  choose_auto(listing, forward, ctx, input);
   if (listing.frozen) {
     for (size_t slot = 0; slot < slots.size(); ++slot) listing.layers.push_back(info(slot));
   } else {

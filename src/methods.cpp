@@ -9,6 +9,7 @@
 
 #include <algorithm>
 #include <cctype>
+#include <functional>
 #include <memory>
 
 #include <gradcam/error.hpp>
@@ -186,11 +187,28 @@ Weighted cam_map(const MethodInputs& in) {
 
 // ---- perturbation methods: extra forward passes of perturbed inputs ----
 
+/// Ablation-CAM's change of the capture's output x [len, ...]: channel k_i of sample i's grid set
+/// to zero (mask [len,K]: 0 at k_i). In a token layer the extra tokens keep every channel: they
+/// are not part of the map. The grid is a view of a contiguous copy (layout.hpp), so the mask
+/// lands in the copy's own layout.
+std::function<at::Tensor(const at::Tensor&)> ablation(const Layout& layout, at::Tensor mask) {
+  return [layout, mask](const at::Tensor& x) {
+    at::Tensor out = x.clone(at::MemoryFormat::Contiguous);
+    at::Tensor grid = to_grid(out, layout);
+    std::vector<int64_t> shape = {mask.size(0), mask.size(1)};
+    shape.resize(static_cast<size_t>(grid.dim()), 1);
+    grid.mul_(mask.view(shape).to(x.scalar_type()));
+    return out;
+  };
+}
+
 /// The logits [N,K,classes] of the model on perturbed inputs, one per (sample, channel):
 /// Score-CAM: input * normalised upsampled A_k; Ablation-CAM: input with channel k of the capture
 /// (slot, call) set to zero. Runs `batch` perturbed inputs per forward pass.
-at::Tensor perturbed_logits(Method method, const Forward& forward, const at::Tensor& input,
-                            const at::Tensor& a, size_t slot, int64_t call, int64_t batch) {
+at::Tensor perturbed_logits(Method method, const PrepareInputs& in, int64_t batch) {
+  const Forward& forward = in.forward;
+  const at::Tensor& input = in.input;
+  const at::Tensor& a = in.a;
   GRADCAM_CHECK(batch >= 1, "perturbation_batch must be >= 1, got ", batch);
   GRADCAM_CHECK(a.dim() == 4, "Score-CAM / Ablation-CAM need a 4-D activation [N,K,h,w]");
   c10::NoGradGuard no_grad;
@@ -220,10 +238,11 @@ at::Tensor perturbed_logits(Method method, const Forward& forward, const at::Ten
     if (method == Method::scorecam) {
       x = x * masks.narrow(0, start, len).to(x.scalar_type());
     } else {
-      ctx.ablate_slot = static_cast<int64_t>(slot);
-      ctx.ablate_call = call;
-      ctx.ablate_mask = at::ones({len, k}, a.options());
-      ctx.ablate_mask.scatter_(1, channel_of.narrow(0, start, len).view({-1, 1}), 0.0);
+      ctx.ablate_slot = static_cast<int64_t>(in.slot);
+      ctx.ablate_call = in.call;
+      at::Tensor mask = at::ones({len, k}, a.options());
+      mask.scatter_(1, channel_of.narrow(0, start, len).view({-1, 1}), 0.0);
+      ctx.ablate = ablation(in.layout, mask);
     }
     at::Tensor logits = logits_of(forward.run(x, ctx));
     GRADCAM_CHECK(logits.dim() == 2 && logits.size(0) == len, "the model output has shape ",
@@ -239,8 +258,7 @@ at::Tensor perturbed_logits(Method method, const Forward& forward, const at::Ten
 template <Method M>
 Prepared prepare_perturbed(const PrepareInputs& in) {
   Prepared p;
-  p.perturbed = perturbed_logits(M, in.forward, in.input, in.a, in.slot, in.call,
-                                 in.options.perturbation_batch());
+  p.perturbed = perturbed_logits(M, in, in.options.perturbation_batch());
   return p;
 }
 

@@ -17,6 +17,7 @@
 #include <gradcam/grad_cam.hpp>
 
 #include "graph.hpp"
+#include "layout.hpp"
 
 namespace gradcam::detail {
 
@@ -46,7 +47,8 @@ struct PrepareInputs {
   const torch::jit::Module& module;
   const GradCAMOptions& options;
   const at::Tensor& input;          ///< the model input [N,C,H,W], detached
-  const at::Tensor& a;              ///< the activation [N,K,...], detached
+  const at::Tensor& a;              ///< the activation [N,K,...] read as a grid, detached
+  const Layout& layout;             ///< how the layer's output is read as a grid (Ablation-CAM)
   size_t slot;                      ///< where it was captured: the layer's slot...
   int64_t call;                     ///< ...and which call of it
   const at::Tensor& logits;         ///< [N, classes] for class targets, else undefined
@@ -55,7 +57,7 @@ struct PrepareInputs {
 
 /// What a method's map may read: one captured activation, at one rank.
 struct MethodInputs {
-  const at::Tensor& a;         ///< [N,K,...], detached
+  const at::Tensor& a;         ///< [N,K,...] read as a grid, detached
   const at::Tensor& g;         ///< dy/dA (negated for counterfactual maps); gradient methods only
   const at::Tensor& classes;   ///< [N] the class explained for each sample at this rank
   const at::Tensor& score;     ///< [N] the explained score at this rank, detached

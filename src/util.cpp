@@ -7,6 +7,8 @@
 #include <algorithm>
 #include <utility>
 
+#include <gradcam/error.hpp>
+
 namespace gradcam::detail {
 
 std::string shape_str(at::IntArrayRef sizes) {
@@ -78,6 +80,16 @@ bool in_training_mode(const torch::jit::Module& module) {
     if (flag.isBool() && flag.toBool()) return true;
   }
   return false;
+}
+
+void backward_failed(const std::string& what, const std::exception& e) {
+  const std::string message = torch_message(e);
+  const bool fused_attention = message.find("_native_multi_head_attention") != std::string::npos;
+  fail(concat("the backward pass ", what, " failed: ", message,
+              fused_attention ? "; the model holds nn.MultiheadAttention's fused inference kernel, which a trace "
+                                "under torch.no_grad() or torch.inference_mode() records: trace it with gradients "
+                                "on, or script it (docs/transformers.md)"
+                              : ""));
 }
 
 }  // namespace gradcam::detail

@@ -20,6 +20,11 @@ std::vector<std::string> closest(const std::string& name, const std::vector<std:
 /// The message of a LibTorch exception without its C++ backtrace and TorchScript call stack.
 std::string torch_message(const std::exception& e);
 
+/// A backward pass that LibTorch refused, as a gradcam::Error: its message, and what to do about
+/// it where we know (a model traced under no_grad records nn.MultiheadAttention's fused
+/// inference kernel, which has no backward).
+[[noreturn]] void backward_failed(const std::string& what, const std::exception& e);
+
 /// Every module path of `module` ("layer4", "layer4.0.conv1", ...), root excluded.
 std::vector<std::string> module_paths(const torch::jit::Module& module);
 

@@ -31,6 +31,18 @@ inline torch::jit::Module model(const std::string& name) {
   return gradcam::load_model(fixture(name + ".pt"));
 }
 
+/// The module in float64, as Python's module.double(): floating-point parameters and buffers only
+/// (LibTorch's Module::to(dtype) converts integer buffers too, such as Swin's
+/// relative_position_index, which must stay an index).
+inline void to_double(torch::jit::Module& module) {
+  for (const auto& p : module.parameters()) {
+    if (p.is_floating_point()) p.set_data(p.to(at::kDouble));
+  }
+  for (const auto& b : module.buffers()) {
+    if (b.is_floating_point()) b.set_data(b.to(at::kDouble));
+  }
+}
+
 /// A reference store written by make_fixtures.py: buffers by name.
 struct Ref {
   explicit Ref(const std::string& name) : store(torch::jit::load(fixture(name + "_ref.pt"))) {}

@@ -13,9 +13,6 @@
 #include "support.hpp"
 
 using test::Contains;
-using Catch::Matchers::EndsWith;
-using Catch::Matchers::Equals;
-using Catch::Matchers::StartsWith;
 
 TEST_CASE("model files: missing, not TorchScript, truncated", "[errors]") {
   REQUIRE_THROWS_WITH(gradcam::load_model("/no/such/model.pt"),
@@ -57,37 +54,18 @@ TEST_CASE("layers that are not tensors, not called, or not spatial", "[errors]")
                       Contains("layer 'fc' outputs shape [1, 1000]") && Contains("spatial"));
 }
 
-TEST_CASE("token and channels-last layers are named and refused, never read as [N, C, h, w]", "[errors]") {
-  // A Vision Transformer at 64 px, patch 16: a class token and a 4x4 grid of 32 channels
-  // (tests/fixtures/make_fixtures.py, small_vit).
-  auto vit = test::model("vit_script");
-  const at::Tensor x = at::randn({1, 3, 64, 64});
-  gradcam::GradCAM block(vit, gradcam::GradCAMOptions("encoder.layers.encoder_layer_1.ln_1"));
-  REQUIRE_THROWS_WITH(block.compute(x),
-                      Equals("layer 'encoder.layers.encoder_layer_1.ln_1' outputs tokens [1, 17, 32]: 1 extra "
-                             "token and a 4x4 grid of 32 channels (a transformer's layout); CAM methods read "
-                             "[N, C, h, w], and gradcam does not read token layers yet: choose a layer with "
-                             "that layout"));
-  // auto does not take the patch embedding, the transformer's one grid layer
-  const auto listing = gradcam::list_layers(vit, std::vector<int64_t>{1, 3, 64, 64});
-  CHECK(listing.auto_layer.empty());
-  CHECK_THAT(listing.auto_note, StartsWith("the one grid layer, 'conv_proj', is followed by token layers ('") &&
-                                    EndsWith("' gives tokens [1, 17, 32]: 1 extra token and a 4x4 grid of 32 "
-                                             "channels): a transformer, whose grid layer is its patch "
-                                             "embedding, and gradcam does not read token layers yet"));
-  REQUIRE_THROWS_WITH(gradcam::GradCAM(vit, gradcam::GradCAMOptions("auto").probe_shape({1, 3, 64, 64})),
-                      Equals("'auto' chose no layer for input shape [1, 3, 64, 64]: " + listing.auto_note +
-                             "; name a layer (see `gradcam layers`) or set probe_shape"));
-
-  // A ConvNeXt-style block: 'mlp' runs channels last [N, h, w, C]; 'to_first' permutes back.
+TEST_CASE("a channels-last layer is read as its grid: the same map as its permutation to channels first", "[errors]") {
+  // A ConvNeXt-style block: 'mlp' runs channels last [N, h, w, C]; 'to_first' permutes it back, so
+  // its activations and gradients are mlp's, permuted, and the two maps must be equal.
+  // Transformers' token layers: test_transformers.cpp.
   auto cl = test::model("channels_last_script");
-  gradcam::GradCAM mlp(cl, gradcam::GradCAMOptions("mlp"));
-  REQUIRE_THROWS_WITH(mlp.compute(x),
-                      Equals("layer 'mlp' outputs channels last [1, 16, 16, 48]: a 16x16 grid of 48 channels "
-                             "(Swin's and ConvNeXt's layout); CAM methods read [N, C, h, w], and gradcam does "
-                             "not read channels-last layers yet: choose a layer with that layout"));
-  gradcam::GradCAM first(cl, gradcam::GradCAMOptions("to_first"));
-  CHECK(first.compute(x).maps.front().map.sizes() == at::IntArrayRef({1, 1, 16, 16}));
+  const at::Tensor x = at::randn({2, 3, 64, 64});
+  gradcam::GradCAM both(cl, gradcam::GradCAMOptions(std::vector<std::string>{"mlp", "to_first"}));
+  const auto r = both.compute(x);
+  REQUIRE(r.get("mlp").map.sizes() == at::IntArrayRef({2, 1, 16, 16}));
+  CHECK(r.get("mlp").layout.kind == gradcam::TokenLayout::Kind::channels_last);
+  CHECK(r.get("to_first").layout.kind == gradcam::TokenLayout::Kind::channels_first);
+  CHECK(test::rel_err(r.get("mlp").map, r.get("to_first").map) < 1e-6);
   CHECK(gradcam::list_layers(cl, std::vector<int64_t>{1, 3, 64, 64}).auto_layer == "to_first");
 }
 

@@ -99,6 +99,31 @@ class Target {
   ScoreFn fn_;
 };
 
+/// How a layer's output is read as a grid of positions [N, K, h, w], the form every CAM method
+/// reads (docs/transformers.md). Convolutional layers are channels first already; a transformer's
+/// token layer [N, T, K] is read as its extra tokens (class, distillation, registers), which the
+/// map leaves out, followed by an h x w grid in row-major order; a channels-last layer
+/// [N, h, w, K] (Swin, ConvNeXt blocks) is permuted.
+struct TokenLayout {
+  enum class Kind {
+    automatic,       ///< inferred from the layer's output shape and the input's (the default)
+    channels_first,  ///< [N, K, h, w], read as it is
+    tokens,          ///< [N, T, K]: `extra` leading tokens, then a grid_h x grid_w grid
+    channels_last,   ///< [N, h, w, K], permuted to [N, K, h, w]
+  };
+  Kind kind = Kind::automatic;
+  /// tokens: the leading tokens before the grid; -1: inferred (the fewest, 0 to 8, after which
+  /// the rest form a grid of the input's aspect ratio with one patch size).
+  int64_t extra = -1;
+  /// tokens: the grid's rows and columns; -1: inferred from the token count and the input's
+  /// aspect ratio.
+  int64_t grid_h = -1;
+  int64_t grid_w = -1;
+};
+
+/// "automatic", "nchw", "tokens", "nhwc".
+const char* layout_name(TokenLayout::Kind kind);
+
 /// Options of GradCAM. The layers are module paths as Python's named_modules() prints them
 /// ("layer4", "features.29", "layer4.1.conv2"), "auto" (the last spatial activation before global
 /// pooling), or for a frozen model a graph value name listed by `gradcam layers` ("%input.5").
@@ -138,6 +163,10 @@ class GradCAMOptions {
   GRADCAM_ARG(bool, keep_activations) = false;
   /// Keep the gradients dy/dA [N,K,h,w] in LayerMap::gradients. Default false.
   GRADCAM_ARG(bool, keep_gradients) = false;
+  /// How the layers' outputs are read as grids: inferred per layer (default), or stated for every
+  /// layer where inference cannot decide (TokenLayout). Each map says what was read
+  /// (LayerMap::layout).
+  GRADCAM_ARG(TokenLayout, token_layout) = TokenLayout{};
   /// Input shape used to resolve "auto" at construction; -1 entries are filled from the model
   /// (channels) or with 224. Default {1, -1, 224, 224}.
   GRADCAM_ARG(std::vector<int64_t>, probe_shape) = std::vector<int64_t>{1, -1, 224, 224};
@@ -149,12 +178,13 @@ struct LayerMap {
   std::string layer;  ///< module path (as resolved; "auto" is replaced by the chosen name)
   int64_t call = 0;   ///< which call of the layer in the forward pass (reused blocks: 0, 1, ...)
   int64_t rank = 0;   ///< which target: 0 for the top-1 / first explicit target, k-1 for top-k
+  TokenLayout layout;  ///< how the layer's output was read as a grid (kind never automatic)
   at::Tensor map;             ///< [N,1,h,w] float, ReLU(sum_k alpha_k A_k), not normalised
   at::Tensor map_signed;      ///< [N,1,h,w] before ReLU (keep_signed)
   at::Tensor weights;         ///< [N,K] alpha (keep_weights; not for hirescam, layercam,
                               ///< eigencam, whose weights are per pixel); negated when counterfactual
-  at::Tensor activations;     ///< [N,K,h,w] A (keep_activations)
-  at::Tensor gradients;       ///< [N,K,h,w] dy/dA (keep_gradients)
+  at::Tensor activations;     ///< [N,K,h,w] A (keep_activations), read as a grid (layout)
+  at::Tensor gradients;       ///< [N,K,h,w] dy/dA (keep_gradients), read as a grid (layout)
   at::Tensor guided_gradcam;  ///< [N,C,H,W] guided gradients * upsampled map (guided != none)
 };
 

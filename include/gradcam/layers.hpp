@@ -10,8 +10,11 @@
 #include <ATen/core/Tensor.h>
 
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <vector>
+
+#include <gradcam/grad_cam.hpp>
 
 namespace torch::jit {
 struct Module;
@@ -26,6 +29,9 @@ struct LayerInfo {
   std::vector<int64_t> shape;  ///< output shape for the example input (first call); empty if none
   int64_t calls = 0;           ///< how many times forward called it
   bool is_tensor = true;       ///< false when the layer returns a tuple, list, dict...
+  /// How CAM methods read the output as a grid, as inferred for the example input (tokens:
+  /// extra tokens and grid; channels last; channels first); empty when it is no grid.
+  std::optional<TokenLayout> layout;
 };
 
 /// The layers of a model and the "auto" choice.
@@ -33,10 +39,13 @@ struct LayerListing {
   std::vector<LayerInfo> layers;  ///< in the order their outputs were produced
   /// The last-produced 4-D activation with h*w > 1 that is not an adaptive pooling (the head's
   /// input); when an enclosing module returns the same activation, the outermost module.
-  /// Unless it is the only one before token layers (a transformer's patch embedding): then
-  /// auto_layer is empty and auto_note says why.
+  /// A transformer (its one grid layer, the patch embedding, followed by token layers): the
+  /// last-produced token or channels-last layer whose grid the output depends on, found by one
+  /// backward pass (a class-token ViT: the last block's first norm; a pooling head: the last
+  /// token layer); empty when there is none, and auto_note says why.
   std::string auto_layer;
-  std::string auto_note;          ///< why auto_layer is empty, when the listing can tell
+  /// Transformers: how auto_layer was chosen, or why none was.
+  std::string auto_note;
   bool frozen = false;            ///< true when names are graph values (no submodules)
 };
 
