@@ -308,6 +308,47 @@ TEST_CASE("explain: CAM methods and fused layers", "[cli][methods]") {
   CHECK_THAT(r.out, Contains("smoothgrad"));
 }
 
+TEST_CASE("transformers: layers shows the token grid, explain reads it, --tokens states it", "[cli][transformers]") {
+  // a DeiT-style ViT: a class and a distillation token, then a 4x4 grid (make_transformer_refs.py)
+  const std::string deit = test::fixture("tf_deit_script.pt");
+  Run j = run(cli() + " layers --model " + deit + " --resize 64 --crop 64 --json", false);
+  REQUIRE(j.code == 0);
+  const json listing = json::parse(j.out);
+  CHECK(listing["auto"] == "blocks.1.ln_1");
+  const json tokens = {{"kind", "tokens"}, {"extra_tokens", 2}, {"grid", {4, 4}}};
+  for (const auto& l : listing["layers"]) {
+    if (l["name"] == "blocks.1.ln_1") CHECK(l["layout"] == tokens);
+    if (l["name"] == "head") CHECK(l["layout"].is_null());
+  }
+  const std::string dir = tmpdir("transformers");
+  const std::string img = demo("test/0002_five.png");
+  Run r = run(cli() + " explain --model " + deit + " --image " + img +
+              " --resize 64 --crop 64 --class 3 --quiet --method ablationcam guided --out " + dir);
+  INFO(r.out);
+  REQUIRE(r.code == 0);
+  CHECK_THAT(r.out, Contains("warning: guided: the model has no ReLU (it uses aten::gelu), so guided and deconvnet "
+                             "gradients are its plain input gradients (docs/guided.md)"));
+  std::ifstream records(dir + "/records.jsonl");
+  std::string first;
+  REQUIRE(std::getline(records, first));
+  CHECK(json::parse(first)["layout"] == tokens);
+  // the map is the library's
+  auto module = gradcam::load_model(deit);
+  const at::Tensor x = gradcam::to_tensor(gradcam::load_image(img), gradcam::Preprocess().resize(64).crop(64));
+  gradcam::GradCAM cam(module, gradcam::GradCAMOptions("blocks.1.ln_1").methods({gradcam::Method::ablationcam}));
+  const at::Tensor want = cam.compute(x, gradcam::Target::classes({3})).get("blocks.1.ln_1", 0, 0, gradcam::Method::ablationcam).map[0][0];
+  const at::Tensor got = read_npy(dir + "/" + fs::path(img).stem().string() + "_c3_ablationcam_map.npy");
+  REQUIRE(got.sizes() == want.sizes());
+  CHECK(test::rel_err(got, want) < 1e-6);
+  // a stated layout that does not fit, in the command's words
+  r = run(cli() + " explain --model " + deit + " --image " + img + " --resize 64 --crop 64 --quiet --layer blocks.1.ln_1 "
+          "--tokens cls+grid --out " + tmpdir("transformers_bad"));
+  CHECK(r.code != 0);
+  CHECK_THAT(r.out, Contains("layer 'blocks.1.ln_1' outputs tokens [1, 18, 32]: after 1 extra token, 17 tokens form no "
+                             "grid of the input's aspect ratio 64x64; state the grid too (--tokens, --extra-tokens, "
+                             "--token-grid)"));
+}
+
 TEST_CASE("eval-faith: report figures equal the library's metrics", "[cli][faithfulness]") {
   const std::string dir = tmpdir("faith");
   const std::string report = dir + "/faith.json";

@@ -5,6 +5,7 @@
 #include <ATen/ATen.h>
 
 #include <CLI/CLI.hpp>
+#include <nlohmann/json.hpp>
 
 #include <algorithm>
 #include <atomic>
@@ -86,6 +87,9 @@ struct Common {
   int threads = 0;
   bool quiet = false;
   int64_t max_pixels = gradcam::kMaxImagePixels;
+  std::string tokens = "auto";     ///< how the layer's output is read as a grid (--tokens)
+  int extra_tokens = -1;           ///< --extra-tokens; -1: cls+grid 1, grid 0, auto inferred
+  std::vector<int> token_grid;     ///< --token-grid H W; empty: inferred
 };
 
 inline void add_common(CLI::App* app, Common& c, bool with_model = true) {
@@ -106,6 +110,42 @@ inline void add_common(CLI::App* app, Common& c, bool with_model = true) {
   app->add_option("--max-pixels", c.max_pixels, "refuse images with more pixels (width x height), read from the header before decoding (0: no limit)")
       ->check(whole_number(0, std::numeric_limits<long long>::max()))->capture_default_str();
   app->add_flag("--quiet,-q", c.quiet, "no progress bar");
+  app->add_option("--tokens", c.tokens, "how the layer's output is read as a grid: auto (inferred from its shape), cls+grid "
+                  "(transformer tokens [N, T, C]: extra tokens, then a grid), grid (tokens, no extra ones), nhwc (channels "
+                  "last, Swin and ConvNeXt), nchw (channels first)")
+      ->check(CLI::IsMember({"auto", "cls+grid", "grid", "nhwc", "nchw"}))->capture_default_str();
+  app->add_option("--extra-tokens", c.extra_tokens, "tokens: how many lead the grid (class, distillation, registers); "
+                  "default: 1 with cls+grid, 0 with grid, inferred with auto")->check(whole_number(0));
+  app->add_option("--token-grid", c.token_grid, "tokens: the grid's rows and columns (default: inferred)")
+      ->expected(2)->check(whole_number(1));
+}
+
+/// The library's options for the command's layers: the grid layout from --tokens, and "auto"
+/// resolved at the input the command gives the model (the crop, else the resized square).
+inline gradcam::GradCAMOptions cam_options(const Common& c, std::vector<std::string> layers) {
+  gradcam::TokenLayout t;
+  using Kind = gradcam::TokenLayout::Kind;
+  const bool token_details = c.extra_tokens >= 0 || c.token_grid.size() == 2;
+  if (c.tokens == "nhwc") t.kind = Kind::channels_last;
+  if (c.tokens == "nchw") t.kind = Kind::channels_first;
+  if (c.tokens == "cls+grid" || c.tokens == "grid" || (c.tokens == "auto" && token_details)) {
+    t.kind = Kind::tokens;
+    t.extra = c.extra_tokens >= 0 ? c.extra_tokens : c.tokens == "cls+grid" ? 1 : c.tokens == "grid" ? 0 : -1;
+  }
+  if (c.token_grid.size() == 2) {
+    t.grid_h = c.token_grid[0];
+    t.grid_w = c.token_grid[1];
+  }
+  const int side = c.crop > 0 ? c.crop : c.resize > 0 ? c.resize : 224;
+  return gradcam::GradCAMOptions(std::move(layers)).token_layout(t).probe_shape({1, -1, side, side});
+}
+
+/// A layer's grid layout for a JSON record: {"kind": "tokens", "extra_tokens": 1, "grid": [4, 4]}.
+inline nlohmann::json layout_json(const gradcam::TokenLayout& t) {
+  nlohmann::json j = {{"kind", gradcam::layout_name(t.kind)}};
+  if (t.kind == gradcam::TokenLayout::Kind::tokens) j["extra_tokens"] = t.extra;
+  if (t.grid_h > 0) j["grid"] = {t.grid_h, t.grid_w};
+  return j;
 }
 
 inline gradcam::Preprocess preprocess_of(const Common& c) {
@@ -202,6 +242,9 @@ inline std::string for_the_command(std::string message) {
       {"; name a layer (see `gradcam layers`) or set probe_shape",
        "; name a layer with --layer (list them with gradcam layers --model MODEL --size H W)"},
       {"(max_pixels; 0: no limit)", "(--max-pixels; 0: no limit)"},
+      {" (GradCAMOptions::token_layout)", " (--tokens, --extra-tokens, --token-grid)"},
+      {" (or state the layout: GradCAMOptions::token_layout)", " (or state the layout: --tokens)"},
+      {"; token_layout says ", "; --tokens says "},
   };
   for (const auto& [library, command] : advice) {
     const auto at = message.find(library);

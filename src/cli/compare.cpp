@@ -70,8 +70,8 @@ struct CompareRun {
 
   /// After the output folder exists and is locked: the explainers.
   void make_explainers() {
-    cam_a = std::make_unique<gradcam::GradCAM>(model_a, gradcam::GradCAMOptions(a.common.layer));
-    cam_b = std::make_unique<gradcam::GradCAM>(model_b, gradcam::GradCAMOptions(a.layer_b.empty() ? a.common.layer : a.layer_b));
+    cam_a = std::make_unique<gradcam::GradCAM>(model_a, cam_options(a.common, {a.common.layer}));
+    cam_b = std::make_unique<gradcam::GradCAM>(model_b, cam_options(a.common, {a.layer_b.empty() ? a.common.layer : a.layer_b}));
     colormap = gradcam::colormap_from_name("jet");
   }
   std::string name_of(int64_t c) const { return labels.size() ? labels.name(c) : std::to_string(c); }

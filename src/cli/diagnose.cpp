@@ -63,7 +63,7 @@ struct DiagnoseRun {
 
   /// After the output folders exist and are locked: the explainer.
   void make_explainer() {
-    cam = std::make_unique<gradcam::GradCAM>(module, gradcam::GradCAMOptions(a.common.layer).guided(gradcam::GuidedMode::guided));
+    cam = std::make_unique<gradcam::GradCAM>(module, cam_options(a.common, {a.common.layer}).guided(gradcam::GuidedMode::guided));
     model = gradcam::score_model(module);
     colormap = gradcam::colormap_from_name("jet");
     found.model = a.common.model;

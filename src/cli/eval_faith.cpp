@@ -105,7 +105,7 @@ struct FaithRun {
         cam_methods.push_back(gradcam::method_from_name(m));
       }
     }
-    gradcam::GradCAMOptions opts(cam_methods.empty() ? std::vector<std::string>{} : std::vector<std::string>{a.common.layer});
+    gradcam::GradCAMOptions opts = cam_options(a.common, cam_methods.empty() ? std::vector<std::string>{} : std::vector<std::string>{a.common.layer});
     if (!cam_methods.empty()) opts.methods(cam_methods);
     opts.perturbation_batch(a.perturbation_batch).guided(guided ? gradcam::GuidedMode::guided : gradcam::GuidedMode::none);
     return opts;
@@ -232,7 +232,7 @@ void sanity_check(const FaithRun& run, json& per_method) {
         return gradcam::GuidedBackprop(m).compute(in, gradcam::Target::classes(idx)).gradients.at(0).abs().sum(1, true);
       }
       const auto meth = gradcam::method_from_name(method);
-      gradcam::GradCAM e(m, gradcam::GradCAMOptions(run.layer).methods({meth}).perturbation_batch(run.a.perturbation_batch));
+      gradcam::GradCAM e(m, cam_options(run.a.common, {run.layer}).methods({meth}).perturbation_batch(run.a.perturbation_batch));
       return e.compute(in, gradcam::Target::classes(idx)).get(run.layer, 0, 0, meth).map;
     };
     json steps = json::array();

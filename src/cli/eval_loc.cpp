@@ -84,7 +84,7 @@ struct LocRun {
     // A label that names no class is the annotation file's error, with its line, before any image
     // runs; not an "unreadable image" among the results.
     for (const auto& ann : annotations) class_of(labels, ann.objects.front(), a.common.labels);
-    cam = std::make_unique<gradcam::GradCAM>(module, gradcam::GradCAMOptions(a.common.layer).keep_signed(true));
+    cam = std::make_unique<gradcam::GradCAM>(module, cam_options(a.common, {a.common.layer}).keep_signed(true));
     layer = cam->layers().front();
     for (double t : thresholds_of(a)) acc.emplace(t, gradcam::LocAccumulator(0.5, a.tolerance));
   }

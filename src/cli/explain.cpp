@@ -129,7 +129,7 @@ gradcam::GradCAMOptions explain_options(const ExplainArgs& a) {
   }
   const std::vector<std::string> layer_args = a.layers.empty() ? std::vector<std::string>{a.common.layer} : a.layers;
   GRADCAM_CHECK(a.fuse.empty() || layer_args.size() > 1, "--fuse combines several layers; give two or more --layer");
-  gradcam::GradCAMOptions opts(layer_args);
+  gradcam::GradCAMOptions opts = cam_options(a.common, layer_args);
   opts.keep_signed(true).methods(cam_methods).perturbation_batch(a.perturbation_batch)
       .guided(wants(a, "guided", "guided-gradcam") ? gradcam::GuidedMode::guided : gradcam::GuidedMode::none);
   return opts;
@@ -168,7 +168,7 @@ struct ExplainRun {
     cam = std::make_unique<gradcam::GradCAM>(module, explain_options(a));
     if (wants(a, "deconvnet", "deconvnet-gradcam")) {
       deconv = std::make_unique<gradcam::GradCAM>(
-          module, gradcam::GradCAMOptions(cam->layers()).guided(gradcam::GuidedMode::deconvnet));
+          module, cam_options(a.common, cam->layers()).guided(gradcam::GuidedMode::deconvnet));
     }
     out_layers = a.fuse.empty() ? cam->layers() : std::vector<std::string>{"fused"};
   }
@@ -260,8 +260,9 @@ void explain_image(ExplainRun& run, const gradcam::GradCAMResult& r, const gradc
         run.write({{"image", im.path}, {"class", cls}, {"label", run.labels.name(cls)}, {"rank", rank},
                    {"score", r.scores[n][rank].item<double>()},
                    {"prob", probs.defined() ? json(probs[n][cls].item<double>()) : json(nullptr)},
-                   {"layer", a.fuse.empty() ? out_layer : "fused:" + a.fuse}, {"method", method}, {"box", box},
-                   {"files", files}});
+                   {"layer", a.fuse.empty() ? out_layer : "fused:" + a.fuse},
+                   {"layout", a.fuse.empty() ? layout_json(r.get(out_layer, rank).layout) : json(nullptr)},
+                   {"method", method}, {"box", box}, {"files", files}});
       }
     }
   }
@@ -288,6 +289,14 @@ void explain_batch(ExplainRun& run, const ImageBatch& batch, Progress& progress)
   if (!run.checked) {
     if (r.logits.defined()) check_label_count(run.labels, run.a.common.labels, r.logits.size(1));
     check_map_has_extent(run.module, r, x);
+    if ((wants(run.a, "guided", "guided-gradcam") || run.deconv) && r.replaced_activations + rd.replaced_activations == 0) {
+      std::string kinds;
+      for (const auto& k : r.untouched_activations.empty() ? rd.untouched_activations : r.untouched_activations) {
+        kinds += (kinds.empty() ? "" : ", ") + k;
+      }
+      say() << "warning: guided: the model has no ReLU" << (kinds.empty() ? "" : " (it uses " + kinds + ")")
+            << ", so guided and deconvnet gradients are its plain input gradients (docs/guided.md)\n";
+    }
     run.checked = true;
   }
   const at::Tensor probs = r.logits.defined() ? at::softmax(r.logits.to(at::kFloat), 1).cpu() : at::Tensor();

@@ -35,6 +35,15 @@ struct LayersArgs {
   bool as_json = false;
 };
 
+/// "7x7", "1 + 4x4 tokens", "16x16 nhwc", or "" for no grid (gradcam layers' grid column).
+std::string grid_str(const std::optional<gradcam::TokenLayout>& t) {
+  if (!t || t->grid_h < 1) return "";
+  const std::string grid = std::to_string(t->grid_h) + "x" + std::to_string(t->grid_w);
+  if (t->kind == gradcam::TokenLayout::Kind::tokens) return std::to_string(t->extra) + " + " + grid + " tokens";
+  if (t->kind == gradcam::TokenLayout::Kind::channels_last) return grid + " nhwc";
+  return grid;
+}
+
 int run_layers(const Common& c, const std::vector<int>& size, bool as_json) {
   auto module = gradcam::load_model(c.model, c10::Device(c.device));
   // the input explain would give the model: --size, else the crop, else the resized square
@@ -53,7 +62,8 @@ int run_layers(const Common& c, const std::vector<int>& size, bool as_json) {
     json arr = json::array();
     for (const auto& l : listing.layers) {
       arr.push_back({{"name", l.name}, {"type", l.type}, {"shape", l.shape}, {"calls", l.calls},
-                     {"is_tensor", l.is_tensor}, {"auto", l.name == listing.auto_layer}});
+                     {"is_tensor", l.is_tensor}, {"layout", l.layout ? layout_json(*l.layout) : json(nullptr)},
+                     {"auto", l.name == listing.auto_layer}});
     }
     json out = {{"layers", arr}, {"auto", listing.auto_layer}, {"frozen", listing.frozen}};
     if (!listing.auto_note.empty()) out["auto_note"] = listing.auto_note;
@@ -62,15 +72,19 @@ int run_layers(const Common& c, const std::vector<int>& size, bool as_json) {
   }
   size_t width = 5;
   for (const auto& l : listing.layers) width = std::max(width, l.name.size());
-  std::printf("  %-*s  %-22s  %-22s  %s\n", static_cast<int>(width), "layer", "type", "output shape", "calls");
+  std::printf("  %-*s  %-22s  %-22s  %-5s  %s\n", static_cast<int>(width), "layer", "type", "output shape", "calls",
+              "grid");
   for (const auto& l : listing.layers) {
     const bool is_auto = l.name == listing.auto_layer;
-    std::printf("%s %-*s  %-22s  %-22s  %lld\n", is_auto ? "*" : " ", static_cast<int>(width), l.name.c_str(),
-                l.type.c_str(), l.is_tensor ? shape(l.shape).c_str() : "(not a tensor)", static_cast<long long>(l.calls));
+    std::printf("%s %-*s  %-22s  %-22s  %-5lld  %s\n", is_auto ? "*" : " ", static_cast<int>(width), l.name.c_str(),
+                l.type.c_str(), l.is_tensor ? shape(l.shape).c_str() : "(not a tensor)", static_cast<long long>(l.calls),
+                grid_str(l.layout).c_str());
   }
   const std::string chosen = listing.auto_layer.empty() ? "(none: " + listing.auto_note + ")" : listing.auto_layer;
   std::printf("\n* auto = %s (input 1x?x%dx%d)%s\n", chosen.c_str(), h, w,
               listing.frozen ? "; frozen model: names are graph values" : "");
+  if (!listing.auto_layer.empty() && !listing.auto_note.empty()) std::printf("  %s\n", listing.auto_note.c_str());
+  std::printf("grid: how CAM methods read the output (tokens: extra tokens + rows x columns; nhwc: channels last)\n");
   return 0;
 }
 
