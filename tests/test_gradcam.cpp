@@ -67,9 +67,8 @@ void check_against_reference(const gradcam::GradCAMResult& result, const test::R
   }
 }
 
-}  // namespace
-
-TEST_CASE("Grad-CAM equals the PyTorch reference on torchvision models", "[gradcam]") {
+/// Every model of cases(), scripted and traced, batch 1 and 3, in float64 or float32.
+void check_models(bool f64) {
   for (const auto& c : cases()) {
     if (test::quick() && c.model != "resnet18" && c.model != "mobilenet_v2") continue;
     const test::Ref ref(c.model);
@@ -78,29 +77,35 @@ TEST_CASE("Grad-CAM equals the PyTorch reference on torchvision models", "[gradc
     for (const std::string exported : {"script", "trace"}) {
       SECTION(c.model + "_" + exported) {
         auto module = test::model(c.model + "_" + exported);
-        auto module64 = module.clone();
-        module64.to(at::kDouble);
-        for (const bool f64 : {false, true}) {
-          gradcam::GradCAM cam(f64 ? module64 : module,
-                               gradcam::GradCAMOptions(c.layers).keep_weights(true).keep_signed(true));
-          for (int64_t b : {1, 3}) {
-            INFO((f64 ? "float64" : "float32") << " batch " << b);
-            std::vector<int64_t> cls(classes.data_ptr<int64_t>(), classes.data_ptr<int64_t>() + b);
-            const at::Tensor xb = x.narrow(0, 0, b).to(f64 ? at::kDouble : at::kFloat);
-            auto result = cam.compute(xb, gradcam::Target::classes(cls));
-            check_against_reference(result, ref, c.layers, b, "cam", f64 ? kTol64 : kTol32);
-            // the logits are the model's own, and the explained scores are those logits
-            CHECK(test::rel_err(result.logits, ref.get("logits__b" + std::to_string(b))) <
-                  (f64 ? kTol64 : kTol));
-            for (int64_t i = 0; i < b; ++i) {
-              CHECK(result.scores[i][0].item<double>() ==
-                    Approx(result.logits[i][cls[static_cast<size_t>(i)]].item<double>()));
-            }
+        if (f64) module.to(at::kDouble);
+        gradcam::GradCAM cam(module, gradcam::GradCAMOptions(c.layers).keep_weights(true).keep_signed(true));
+        for (int64_t b : {1, 3}) {
+          INFO((f64 ? "float64" : "float32") << " batch " << b);
+          std::vector<int64_t> cls(classes.data_ptr<int64_t>(), classes.data_ptr<int64_t>() + b);
+          const at::Tensor xb = x.narrow(0, 0, b).to(f64 ? at::kDouble : at::kFloat);
+          auto result = cam.compute(xb, gradcam::Target::classes(cls));
+          check_against_reference(result, ref, c.layers, b, "cam", f64 ? kTol64 : kTol32);
+          // the logits are the model's own, and the explained scores are those logits
+          CHECK(test::rel_err(result.logits, ref.get("logits__b" + std::to_string(b))) < (f64 ? kTol64 : kTol));
+          for (int64_t i = 0; i < b; ++i) {
+            CHECK(result.scores[i][0].item<double>() ==
+                  Approx(result.logits[i][cls[static_cast<size_t>(i)]].item<double>()));
           }
         }
       }
     }
   }
+}
+
+}  // namespace
+
+TEST_CASE("Grad-CAM equals the PyTorch reference on torchvision models (float64)", "[gradcam]") { check_models(true); }
+
+// [onednn]: float32 gradients of convolutions in batches, which Debian 13's oneDNN computes wrong
+// on some CPUs (PyTorch's own too; docs/reliability.md). A CTest entry of its own
+// (tests/CMakeLists.txt), which scripts/test_debian13.sh lets fail there, and nowhere else.
+TEST_CASE("Grad-CAM equals the PyTorch reference on torchvision models (float32)", "[gradcam][onednn]") {
+  check_models(false);
 }
 
 TEST_CASE("agreement summary", "[gradcam][.summary]") {
@@ -120,17 +125,20 @@ TEST_CASE("counterfactual maps use the negated gradients", "[gradcam]") {
 }
 
 TEST_CASE("a block called twice gives one map per call; in-place ops after the layer", "[gradcam]") {
+  // In float64: what is tested is the calls and the in-place ops, not float32 rounding, which
+  // Debian 13's oneDNN gets wrong for this batch of 3 (docs/reliability.md).
   const test::Ref ref("toy");
   const std::vector<std::string> layers = {"block", "block.bn", "stem"};
   for (const std::string exported : {"script", "trace"}) {
     auto module = test::model("toy_" + exported);
+    test::to_double(module);
     gradcam::GradCAM cam(module, gradcam::GradCAMOptions(layers).keep_weights(true));
     for (int64_t b : {1, 3}) {
       INFO(exported << " batch " << b);
       std::vector<int64_t> cls = {0, 3, 4};
       cls.resize(static_cast<size_t>(b));
-      auto result = cam.compute(ref.get("input").narrow(0, 0, b), gradcam::Target::classes(cls));
-      check_against_reference(result, ref, layers, b);
+      auto result = cam.compute(ref.get("input").narrow(0, 0, b).to(at::kDouble), gradcam::Target::classes(cls));
+      check_against_reference(result, ref, layers, b, "cam", kTol64);
       CHECK(result.get("block", 0, 1).map.defined());
     }
   }

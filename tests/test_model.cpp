@@ -58,36 +58,44 @@ struct CrossRef {
 constexpr double kTol32 = 1e-3;
 constexpr double kTol64 = 1e-8;
 
-}  // namespace
-
-TEST_CASE("models saved by torch 1.13 and torch 2.6 explain equal to their reference", "[model]") {
+/// Both files (saved by torch 1.13 and 2.6), scripted and traced: Grad-CAM and guided gradients
+/// in float64 or float32 against their reference.
+void check_cross_version(bool f64) {
   for (const std::string saved_by : {"1.13", "2.6"}) {
     const CrossRef ref(cross_dir() + "tiny_torch" + saved_by + "_ref.txt");
     const std::string layer = ref.word("layer");
-    const at::Tensor x = ref.tensor("input");
+    const at::Tensor x = ref.tensor("input").to(f64 ? at::kDouble : at::kFloat);
     const auto target = gradcam::Target::classes(ref.ints("classes"));
+    const double tol = f64 ? kTol64 : kTol32;
     for (const std::string exported : {"script", "trace"}) {
       const std::string file = cross_dir() + "tiny_torch" + saved_by + "_" + exported + ".pt";
       std::cout << "cross-version: " << exported << " model saved by torch " << ref.word("torch")
-                << ", run by LibTorch " << TORCH_VERSION << std::endl;
+                << ", run by LibTorch " << TORCH_VERSION << (f64 ? ", float64" : ", float32") << std::endl;
+      INFO(file << (f64 ? " float64" : " float32"));
       auto module = gradcam::load_model(file);
-      auto module64 = module.clone();
-      module64.to(at::kDouble);
-      for (const bool f64 : {false, true}) {
-        INFO(file << (f64 ? " float64" : " float32"));
-        const double tol = f64 ? kTol64 : kTol32;
-        const at::Tensor xin = x.to(f64 ? at::kDouble : at::kFloat);
-        gradcam::GradCAM cam(f64 ? module64 : module, gradcam::GradCAMOptions(layer));
-        const auto r = cam.compute(xin, target);
-        CHECK(test::rel_err(r.logits, ref.tensor("logits")) < tol);
-        const at::Tensor want = ref.tensor("cam");
-        REQUIRE(r.get(layer).map.sizes() == want.sizes());
-        CHECK(test::rel_err(r.get(layer).map, want) < tol);
-        gradcam::GuidedBackprop gb(f64 ? module64 : module);
-        CHECK(test::rel_err(gb.compute(xin, target).gradients.at(0), ref.tensor("guided")) < tol);
-      }
+      if (f64) module.to(at::kDouble);
+      gradcam::GradCAM cam(module, gradcam::GradCAMOptions(layer));
+      const auto r = cam.compute(x, target);
+      CHECK(test::rel_err(r.logits, ref.tensor("logits")) < tol);
+      const at::Tensor want = ref.tensor("cam");
+      REQUIRE(r.get(layer).map.sizes() == want.sizes());
+      CHECK(test::rel_err(r.get(layer).map, want) < tol);
+      gradcam::GuidedBackprop gb(module);
+      CHECK(test::rel_err(gb.compute(x, target).gradients.at(0), ref.tensor("guided")) < tol);
     }
   }
+}
+
+}  // namespace
+
+TEST_CASE("models saved by torch 1.13 and torch 2.6 explain equal to their reference (float64)", "[model]") {
+  check_cross_version(true);
+}
+
+// [onednn]: float32 convolution gradients of a batch, which Debian 13's oneDNN computes wrong on
+// some CPUs (test_gradcam.cpp, docs/reliability.md).
+TEST_CASE("models saved by torch 1.13 and torch 2.6 explain equal to their reference (float32)", "[model][onednn]") {
+  check_cross_version(false);
 }
 
 TEST_CASE("a model file newer than this LibTorch names both versions", "[model][errors]") {
