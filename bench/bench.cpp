@@ -80,7 +80,9 @@ Args parse(int argc, char** argv) {
     else if (k == "--methods") {
       std::string v = value();
       if (v == "all") {
-        for (auto m : gradcam::all_methods()) a.methods.emplace_back(gradcam::method_name(m));
+        for (auto m : gradcam::all_methods()) {
+          if (m != gradcam::Method::rollout) a.methods.emplace_back(gradcam::method_name(m));  // transformers only
+        }
       } else {
         for (size_t pos = 0; pos <= v.size();) {
           const size_t comma = std::min(v.find(',', pos), v.size());

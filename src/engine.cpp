@@ -170,6 +170,10 @@ Engine::Engine(const torch::jit::Module& m, GradCAMOptions opts) : options(std::
   RewriteSpec spec;
   spec.layers = layers;
   spec.guided = options.guided();
+  if (std::find(options.methods().begin(), options.methods().end(), Method::rollout) != options.methods().end()) {
+    attention = find_attention(module, options.attention_heads());
+    for (const auto& a : attention) spec.inputs.push_back(a.path);
+  }
   forward = std::make_unique<Forward>(module, spec);
 }
 
@@ -177,13 +181,15 @@ namespace {
 
 /// What one compute() call shares between its steps.
 struct Call {
-  Call(const GradCAMOptions& o, const detail::Forward& f, const torch::jit::Module& m,
-       const std::vector<std::string>& l)
-      : options(o), forward(f), module(m), layers(l), ctx(f.slots()) {}
+  explicit Call(const Engine& e)
+      : options(e.options), forward(*e.forward), module(e.module), layers(e.layers), attention(e.attention),
+        ctx(forward.slots(), CaptureContext::Mode::leaf, forward.observe_from()) {}
   const GradCAMOptions& options;
   const detail::Forward& forward;
   const torch::jit::Module& module;
   const std::vector<std::string>& layers;
+  const std::vector<AttentionModule>& attention;
+  AttentionCalls attention_calls;  ///< the observed self-attention calls, in call order
   at::Tensor input;  ///< detached, on the options' device; requires grad for guided gradients
   bool layer_gradients = false;  ///< a gradient method on a layer: a backward pass to the leaves
   detail::CaptureContext ctx;
@@ -206,8 +212,16 @@ c10::IValue run_forward(Call& c) {
   }
 }
 
-// Step 2: every capture of every layer, in slot then call order, with the layout it is read in.
+// Step 2: every capture of every layer, in slot then call order, with the layout it is read in;
+// and the self-attention calls, in call order.
 void collect(Call& c) {
+  const size_t first = c.forward.observe_from();
+  std::vector<size_t> next(c.attention.size(), 0);
+  for (size_t slot : c.ctx.order) {
+    if (slot < first) continue;
+    c.attention_calls.modules.push_back(&c.attention[slot - first]);
+    c.attention_calls.inputs.push_back(c.ctx.captures[slot][next[slot - first]++]);
+  }
   for (size_t slot = 0; slot < c.layers.size(); ++slot) {
     GRADCAM_CHECK(!c.ctx.captures[slot].empty(), "layer '", c.layers[slot],
                   "' was not reached by this forward pass (it is inside a branch not taken)");
@@ -244,7 +258,7 @@ void prepare(Call& c) {
       const detail::Prepared* first = i > 0 ? &c.prepared[0][j] : nullptr;
       c.prepared[i].push_back(detail::prepare_method(
           methods[j], {c.forward, c.module, c.options, input, a, c.layouts[i], c.where[i].first,
-                       c.where[i].second, c.scores.logits, first}));
+                       c.where[i].second, c.scores.logits, first, c.attention_calls}));
     }
   }
 }
@@ -336,7 +350,7 @@ void guided_maps(Call& c, const at::Tensor& score, bool retain, size_t first_map
 GradCAMResult Engine::compute(const at::Tensor& input, const Target& target) const {
   const Engine& impl = *this;
   check_input(*impl.forward, input);
-  Call c(impl.options, *impl.forward, impl.module, impl.layers);
+  Call c(impl);
   c.input = input.detach();
   if (impl.options.device() && c.input.device() != *impl.options.device()) {
     c.input = c.input.to(*impl.options.device());

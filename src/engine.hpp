@@ -13,6 +13,7 @@
 #include <gradcam/grad_cam.hpp>
 
 #include "graph.hpp"
+#include "methods.hpp"
 
 namespace gradcam {
 namespace detail {
@@ -30,6 +31,7 @@ struct Engine {
   torch::jit::Module module;        ///< the caller's, or a private copy on options.device()
   std::vector<std::string> layers;  ///< resolved names ("auto" replaced)
   std::unique_ptr<Forward> forward;
+  std::vector<AttentionModule> attention;  ///< attention rollout: the modules whose input is observed
 };
 
 }  // namespace detail

@@ -88,6 +88,16 @@ void insert_capture(jit::Graph& g, Node* after, Value* v, int64_t slot) {
   out->node()->replaceInput(0, v);
 }
 
+/// Inserts gradcam::capture(v, slot) right before `call`, for this call's arguments only (a
+/// self-attention's query, key and value are one value: all three read the capture).
+void insert_input_capture(jit::Graph& g, Node* call, Value* v, int64_t slot) {
+  jit::WithInsertPoint guard(call);
+  Value* out = g.insert(kCapture, {v, slot});
+  for (size_t i = 1; i < call->inputs().size(); ++i) {
+    if (call->input(i) == v) call->replaceInput(i, out);
+  }
+}
+
 std::string type_name(Value* module_value) {
   auto cls = module_value->type()->cast<c10::ClassType>();
   if (!cls || !cls->name()) return "?";
@@ -160,13 +170,16 @@ void resolve_targets(Rewrite& r) {
     fail(concat("layer '", layer, "' not found; did you mean ", hint,
                 "? (run `gradcam layers --model MODEL` to list every layer)"));
   }
-  r.facts.slot_count = r.spec.layers.size();
+  for (const auto& module : r.spec.inputs) GRADCAM_CHECK(r.path_set.count(module), "module '", module, "' not found");
+  r.facts.slot_count = r.spec.layers.size() + r.spec.inputs.size();
+  if (!r.spec.inputs.empty()) r.facts.observe_from = r.spec.layers.size();
 }
 
 /// Step 2's bookkeeping across its passes over the graph.
 struct CallVisit {
   std::map<std::string, size_t> probe_index;  ///< probe mode: the slot of each module path
   std::vector<bool> found;                    ///< target i was captured
+  std::vector<bool> found_inputs;             ///< RewriteSpec::inputs[j] was observed
   std::unordered_set<Node*> marked;           ///< calls of target layers already seen
 };
 
@@ -204,6 +217,14 @@ bool target_call(Rewrite& r, CallVisit& v, Node* n, const std::string& path) {
     }
     if (layer.rfind(path + ".", 0) == 0) on_the_path = true;
   }
+  for (size_t j = 0; j < r.spec.inputs.size(); ++j) {
+    const std::string& module = r.spec.inputs[j];
+    if (module == path && is_layer_call(n) && !v.marked.count(n) && n->inputs().size() > 1 && is_tensor(n->input(1))) {
+      insert_input_capture(*r.graph, n, n->input(1), static_cast<int64_t>(r.spec.layers.size() + j));
+      v.found_inputs[j] = true;
+    }
+    if (module.rfind(path + ".", 0) == 0) on_the_path = true;
+  }
   if (r.path_set.count(path)) v.marked.insert(n);
   return on_the_path;
 }
@@ -214,6 +235,7 @@ bool target_call(Rewrite& r, CallVisit& v, Node* n, const std::string& path) {
 void inline_to_targets(Rewrite& r) {
   CallVisit v;
   v.found.assign(r.spec.layers.size(), false);
+  v.found_inputs.assign(r.spec.inputs.size(), false);
   for (bool again = true; again;) {
     again = false;
     for (Node* n : all_nodes(*r.graph)) {
@@ -242,6 +264,9 @@ void inline_to_targets(Rewrite& r) {
     GRADCAM_CHECK(v.found[i], "layer '", layer,
                   "' exists in the model but its forward never calls it (unused, or called only "
                   "from another method); choose a layer from `gradcam layers`");
+  }
+  for (size_t j = 0; j < r.spec.inputs.size(); ++j) {
+    GRADCAM_CHECK(v.found_inputs[j], "module '", r.spec.inputs[j], "' is never called with a tensor by the forward pass");
   }
 }
 

@@ -22,6 +22,7 @@
 #include <torch/csrc/jit/api/module.h>
 
 #include <atomic>
+#include <cstdint>
 #include <functional>
 #include <memory>
 #include <string>
@@ -48,14 +49,19 @@ struct CaptureContext {
   /// perturb: record nothing but the call count, and replace one capture's output x by
   /// `ablate(x)` (Ablation-CAM) when ablate_slot / ablate_call name it.
   enum class Mode { leaf, probe, perturb };
-  explicit CaptureContext(size_t slots, Mode m = Mode::leaf) : mode(m), captures(slots) {}
+  explicit CaptureContext(size_t slots, Mode m = Mode::leaf, size_t observe = SIZE_MAX)
+      : mode(m), captures(slots), observe_from(observe) {}
   Mode mode;
   /// captures[slot][call]: in leaf mode the leaf tensor A that requires grad; in probe mode the
   /// layer's output itself.
   std::vector<std::vector<at::Tensor>> captures;
+  /// Slots from this one on observe a call's input (RewriteSpec::inputs): stored detached, passed
+  /// on unchanged, in every mode.
+  size_t observe_from;
   /// Probe mode: shapes[slot][call] of each layer output.
   std::vector<std::vector<std::vector<int64_t>>> shapes;
-  /// Probe mode: the slot of every capture, in the order the forward pass produced them.
+  /// Probe mode: the slot of every capture, in the order the forward pass produced them; other
+  /// modes: the same for the observed slots only.
   std::vector<size_t> order;
   /// Perturb mode: the (slot, call) whose output x becomes ablate(x); -1 for none. methods.cpp
   /// knows the layer's layout, so it, not this file, says which values are zeroed.
@@ -72,6 +78,9 @@ CaptureContext*& current_context();
 /// What to rewrite.
 struct RewriteSpec {
   std::vector<std::string> layers;  ///< module paths or "%value" names; capture slot i = layers[i]
+  /// Module paths whose calls' first argument (the query of an nn.MultiheadAttention) is observed:
+  /// slot layers.size() + j, in every mode stored as it is, never a leaf (attention rollout).
+  std::vector<std::string> inputs;
   GuidedMode guided = GuidedMode::none;
   bool probe_all = false;  ///< layer listing: a slot for every module call (or graph value)
 };
@@ -86,6 +95,7 @@ struct ProbeSlot {
 /// What the rewrite found out, as Forward's accessors report it.
 struct RewriteFacts {
   size_t slot_count = 0;
+  size_t observe_from = SIZE_MAX;  ///< the first slot of RewriteSpec::inputs, if any
   std::vector<ProbeSlot> probe_slots;
   bool frozen = false;
   int64_t expected_channels = -1;
@@ -104,6 +114,9 @@ class Forward {
   c10::IValue run(const at::Tensor& input, CaptureContext& ctx) const;
 
   size_t slots() const { return facts_.slot_count; }
+  /// The first slot that observes a call's input (RewriteSpec::inputs); SIZE_MAX when none. Give
+  /// it to every CaptureContext for this forward.
+  size_t observe_from() const { return facts_.observe_from; }
   /// probe_all only: name, type of each slot.
   const std::vector<ProbeSlot>& probe_slots() const { return facts_.probe_slots; }
   /// True when the model has no submodule calls (frozen): names are graph values.

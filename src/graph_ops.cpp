@@ -30,6 +30,11 @@ at::Tensor capture_op(const at::Tensor& x, int64_t slot) {
   if (ctx == nullptr || slot < 0 || slot >= static_cast<int64_t>(ctx->captures.size())) {
     return x.clone();
   }
+  if (static_cast<size_t>(slot) >= ctx->observe_from) {
+    ctx->captures[slot].push_back(x.detach());
+    ctx->order.push_back(static_cast<size_t>(slot));
+    return x;
+  }
   if (ctx->mode == CaptureContext::Mode::probe) {
     ctx->shapes.resize(ctx->captures.size());
     ctx->shapes[slot].push_back(x.sizes().vec());

@@ -34,10 +34,29 @@ struct LinearHead {
   at::Tensor bias;
 };
 
+/// An nn.MultiheadAttention's query and key projections (attention rollout).
+struct AttentionModule {
+  std::string path;
+  at::Tensor q_weight, k_weight;  ///< [C, C]
+  at::Tensor q_bias, k_bias;      ///< [C], or undefined
+  int64_t heads = 0;
+  int batch_first = -1;           ///< 1, 0, or -1: unknown (traced), read from the input's shape
+};
+
+/// The model's nn.MultiheadAttention modules, for attention rollout; `heads` overrides num_heads
+/// (0: read it). Throws gradcam::Error when there is none, or when the heads are unknown.
+std::vector<AttentionModule> find_attention(const torch::jit::Module& module, int64_t heads);
+
+/// The self-attention calls of one forward pass, in call order: the module and its query input.
+struct AttentionCalls {
+  std::vector<const AttentionModule*> modules;
+  std::vector<at::Tensor> inputs;
+};
+
 /// What a method computes once per captured activation and reuses for every rank.
 struct Prepared {
   at::Tensor perturbed;                    ///< Score-/Ablation-CAM: logits [N,K,classes]
-  Weighted eigen;                          ///< EigenCAM (class-agnostic)
+  Weighted eigen;                          ///< EigenCAM and attention rollout (class-agnostic)
   std::shared_ptr<const LinearHead> head;  ///< CAM: the linear layer after pooling
 };
 
@@ -53,6 +72,7 @@ struct PrepareInputs {
   int64_t call;                     ///< ...and which call of it
   const at::Tensor& logits;         ///< [N, classes] for class targets, else undefined
   const Prepared* first;            ///< this method's preparation of the first activation, or null
+  const AttentionCalls& attention;  ///< attention rollout: the self-attention calls
 };
 
 /// What a method's map may read: one captured activation, at one rank.

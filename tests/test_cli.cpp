@@ -323,7 +323,7 @@ TEST_CASE("transformers: layers shows the token grid, explain reads it, --tokens
   const std::string dir = tmpdir("transformers");
   const std::string img = demo("test/0002_five.png");
   Run r = run(cli() + " explain --model " + deit + " --image " + img +
-              " --resize 64 --crop 64 --class 3 --quiet --method ablationcam guided --out " + dir);
+              " --resize 64 --crop 64 --class 3 --quiet --method ablationcam rollout guided --out " + dir);
   INFO(r.out);
   REQUIRE(r.code == 0);
   CHECK_THAT(r.out, Contains("warning: guided: the model has no ReLU (it uses aten::gelu), so guided and deconvnet "
@@ -335,11 +335,16 @@ TEST_CASE("transformers: layers shows the token grid, explain reads it, --tokens
   // the map is the library's
   auto module = gradcam::load_model(deit);
   const at::Tensor x = gradcam::to_tensor(gradcam::load_image(img), gradcam::Preprocess().resize(64).crop(64));
-  gradcam::GradCAM cam(module, gradcam::GradCAMOptions("blocks.1.ln_1").methods({gradcam::Method::ablationcam}));
-  const at::Tensor want = cam.compute(x, gradcam::Target::classes({3})).get("blocks.1.ln_1", 0, 0, gradcam::Method::ablationcam).map[0][0];
-  const at::Tensor got = read_npy(dir + "/" + fs::path(img).stem().string() + "_c3_ablationcam_map.npy");
-  REQUIRE(got.sizes() == want.sizes());
-  CHECK(test::rel_err(got, want) < 1e-6);
+  gradcam::GradCAM cam(module, gradcam::GradCAMOptions("blocks.1.ln_1").methods({gradcam::Method::ablationcam,
+                                                                                  gradcam::Method::rollout}));
+  const auto res = cam.compute(x, gradcam::Target::classes({3}));
+  for (const auto m : {gradcam::Method::ablationcam, gradcam::Method::rollout}) {
+    INFO(gradcam::method_name(m));
+    const at::Tensor want = res.get("blocks.1.ln_1", 0, 0, m).map[0][0];
+    const at::Tensor got = read_npy(dir + "/" + fs::path(img).stem().string() + "_c3_" + gradcam::method_name(m) + "_map.npy");
+    REQUIRE(got.sizes() == want.sizes());
+    CHECK(test::rel_err(got, want) < 1e-6);
+  }
   // a stated layout that does not fit, in the command's words
   r = run(cli() + " explain --model " + deit + " --image " + img + " --resize 64 --crop 64 --quiet --layer blocks.1.ln_1 "
           "--tokens cls+grid --out " + tmpdir("transformers_bad"));

@@ -63,6 +63,7 @@ TEST_CASE("the methods agree in float32 too, Score-CAM and Ablation-CAM on resne
   const test::Ref ref("methods_resnet18");
   auto module = test::model("methods_resnet18");
   std::vector<Method> methods = gradcam::all_methods();
+  methods.pop_back();  // attention rollout: transformers only (test_transformers.cpp)
   if (test::quick()) methods = {Method::gradcam_pp, Method::eigencam};
   // batch 1: the perturbation methods' reference is for the first sample only
   gradcam::GradCAM cam(module, gradcam::GradCAMOptions("layer4").methods(methods).perturbation_batch(128));
@@ -85,6 +86,7 @@ TEST_CASE("every method except CAM equals the reference on the toy model, block 
   module.to(at::kDouble);
   const at::Tensor x = ref.get("input").to(at::kDouble);
   std::vector<Method> methods = gradcam::all_methods();
+  methods.pop_back();  // attention rollout: transformers only (test_transformers.cpp)
   methods.pop_back();  // CAM: see below
   gradcam::GradCAM cam(module, gradcam::GradCAMOptions(std::vector<std::string>{"block", "stem"}).methods(methods).perturbation_batch(5));
   const auto r = cam.compute(x, gradcam::Target::classes({0, 3, 4}));

@@ -13,6 +13,7 @@
 
 #include "support.hpp"
 
+using Catch::Matchers::EndsWith;
 using Catch::Matchers::Equals;
 using Catch::Matchers::StartsWith;
 using gradcam::Method;
@@ -57,8 +58,10 @@ const std::vector<Model>& models() {
   return m;
 }
 
+/// The CAM methods that read a layer (attention rollout reads the attention: its own cases).
 std::vector<Method> methods() {
   std::vector<Method> all = gradcam::all_methods();
+  all.pop_back();  // attention rollout
   all.pop_back();  // CAM: no transformer here pools a layer straight into its linear head
   return all;
 }
@@ -228,4 +231,39 @@ TEST_CASE("guided backpropagation on a GELU transformer is its plain input gradi
           r.untouched_activations.end());
     CHECK(test::rel_err(r.gradients.at(0), ref.get("inputgrad__b2")) < kTol64);
   }
+}
+
+TEST_CASE("attention rollout equals its reference, scripted, and traced with the heads stated", "[transformers]") {
+  // make_transformer_refs.py: PyTorch's own attention weights (need_weights=True), rolled out
+  for (const auto& model : models()) {
+    if (model.name == "tf_swin") continue;  // below
+    const test::Ref ref(model.name);
+    const std::string& layer = model.layers.front();
+    const at::Tensor x = ref.get("input").to(at::kDouble);
+    const at::Tensor want = ref.get(test::key("rollout", layer, 2, 0));
+    for (const char* form : {"_script", "_trace"}) {
+      INFO(model.name << form);
+      auto module = test::model(model.name + form);
+      test::to_double(module);
+      auto options = gradcam::GradCAMOptions(layer).methods({Method::rollout});
+      if (std::string(form) == "_trace") {
+        // a traced nn.MultiheadAttention keeps its weights but not num_heads
+        REQUIRE_THROWS_WITH(gradcam::GradCAM(module, options), StartsWith("attention rollout needs the number of heads of '") &&
+                                                                   EndsWith("', which a traced model does not keep: script "
+                                                                            "the model, or give attention_heads"));
+        options.attention_heads(2);
+      }
+      const auto r = gradcam::GradCAM(module, options).compute(x, gradcam::Target::classes({3, 7}));
+      const auto& got = r.get(layer, 0, 0, Method::rollout);
+      REQUIRE(got.map.sizes() == want.sizes());
+      CHECK(test::rel_err(got.map, want) < kTol64);
+    }
+  }
+  auto swin = test::model("tf_swin_script");
+  REQUIRE_THROWS_WITH(gradcam::GradCAM(swin, gradcam::GradCAMOptions("features.3").methods({Method::rollout})),
+                      Equals("attention rollout reads the model's nn.MultiheadAttention modules, and it has none"));
+  auto vit = test::model("tf_vit_script");
+  REQUIRE_THROWS_WITH(gradcam::GradCAM(vit, gradcam::GradCAMOptions("encoder.layers.encoder_layer_1.ln_1")
+                                               .methods({Method::rollout}).attention_heads(4)),
+                      Equals("attention_heads is 4 but 'encoder.layers.encoder_layer_0.self_attention' has num_heads 2"));
 }

@@ -58,10 +58,14 @@ enum class Method {
   ablationcam,  ///< Ablation-CAM (Desai 2020): w_k = (y - y with A_k zeroed) / y; batched
   eigencam,     ///< EigenCAM (Muhammad 2020): projection of A on its first principal component
   cam,          ///< CAM (Zhou 2016): ReLU(sum_k W_ck A_k), W the linear layer after global pooling
+  rollout,      ///< Attention rollout (Abnar & Zuidema 2020), transformers with nn.MultiheadAttention:
+                ///< R = prod_l (A_l + I) / 2 over the model's self-attention calls (A_l averaged over
+                ///< heads, recomputed from each call's input); the map is the rows of the extra
+                ///< tokens (all rows without them) at the grid's tokens. Class-agnostic, no gradient.
 };
 
 /// "gradcam", "gradcam++", "xgradcam", "hirescam", "layercam", "scorecam", "ablationcam",
-/// "eigencam", "cam".
+/// "eigencam", "cam", "rollout".
 const char* method_name(Method method);
 /// The method with that name (case-insensitive, also "gradcampp"); throws gradcam::Error listing
 /// the names.
@@ -167,6 +171,9 @@ class GradCAMOptions {
   /// layer where inference cannot decide (TokenLayout). Each map says what was read
   /// (LayerMap::layout).
   GRADCAM_ARG(TokenLayout, token_layout) = TokenLayout{};
+  /// Attention rollout: the number of heads of every nn.MultiheadAttention. 0 (default): read from
+  /// the module's num_heads, which a scripted model keeps and a traced one does not.
+  GRADCAM_ARG(int64_t, attention_heads) = 0;
   /// Input shape used to resolve "auto" at construction; -1 entries are filled from the model
   /// (channels) or with 224. Default {1, -1, 224, 224}.
   GRADCAM_ARG(std::vector<int64_t>, probe_shape) = std::vector<int64_t>{1, -1, 224, 224};

@@ -90,6 +90,7 @@ struct Common {
   std::string tokens = "auto";     ///< how the layer's output is read as a grid (--tokens)
   int extra_tokens = -1;           ///< --extra-tokens; -1: cls+grid 1, grid 0, auto inferred
   std::vector<int> token_grid;     ///< --token-grid H W; empty: inferred
+  int attention_heads = 0;         ///< --attention-heads (rollout of a traced model); 0: the model's
 };
 
 inline void add_common(CLI::App* app, Common& c, bool with_model = true) {
@@ -118,6 +119,8 @@ inline void add_common(CLI::App* app, Common& c, bool with_model = true) {
                   "default: 1 with cls+grid, 0 with grid, inferred with auto")->check(whole_number(0));
   app->add_option("--token-grid", c.token_grid, "tokens: the grid's rows and columns (default: inferred)")
       ->expected(2)->check(whole_number(1));
+  app->add_option("--attention-heads", c.attention_heads, "attention rollout: the heads of each attention layer "
+                  "(default: the model's num_heads, which a traced model does not keep)")->check(whole_number(1));
 }
 
 /// The library's options for the command's layers: the grid layout from --tokens, and "auto"
@@ -137,7 +140,8 @@ inline gradcam::GradCAMOptions cam_options(const Common& c, std::vector<std::str
     t.grid_w = c.token_grid[1];
   }
   const int side = c.crop > 0 ? c.crop : c.resize > 0 ? c.resize : 224;
-  return gradcam::GradCAMOptions(std::move(layers)).token_layout(t).probe_shape({1, -1, side, side});
+  return gradcam::GradCAMOptions(std::move(layers)).token_layout(t).probe_shape({1, -1, side, side})
+      .attention_heads(c.attention_heads);
 }
 
 /// A layer's grid layout for a JSON record: {"kind": "tokens", "extra_tokens": 1, "grid": [4, 4]}.
@@ -245,6 +249,8 @@ inline std::string for_the_command(std::string message) {
       {" (GradCAMOptions::token_layout)", " (--tokens, --extra-tokens, --token-grid)"},
       {" (or state the layout: GradCAMOptions::token_layout)", " (or state the layout: --tokens)"},
       {"; token_layout says ", "; --tokens says "},
+      {", or give attention_heads", ", or give --attention-heads"},
+      {"attention_heads is ", "--attention-heads is "},
   };
   for (const auto& [library, command] : advice) {
     const auto at = message.find(library);
