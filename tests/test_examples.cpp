@@ -75,3 +75,17 @@ TEST_CASE("the target examples: segmentation region, similarity, any output", "[
   CHECK(d.code == 1);
   CHECK_THAT(d.out, Contains("index 9 is out of range"));
 }
+
+TEST_CASE("the transformer example: auto, the grid it read, Grad-CAM and rollout", "[examples][transformers]") {
+  const std::string dir = env("GRADCAM_EXAMPLES_DIR");
+  const std::string out = tmpdir("transformer_example");
+  // the DeiT-style fixture (make_transformer_refs.py): a class and a distillation token, a 4x4 grid
+  Run a = run(dir + "/example_explain_transformer " + test::fixture("tf_deit_script.pt") + " " +
+              demo("test/0013_three.png") + " 64 " + out + "/vit.png");
+  INFO(a.out);
+  CHECK(a.code == 0);
+  CHECK_THAT(a.out, Contains("auto: blocks.1.ln_1 (a transformer") && Contains("read as tokens: 2 extra token(s), a 4x4 grid"));
+  const cv::Mat panel = cv::imread(out + "/vit.png");
+  REQUIRE_FALSE(panel.empty());
+  CHECK(panel.cols > 2 * panel.rows / 2);  // three tiles side by side
+}
