@@ -172,6 +172,10 @@ TEST_CASE("bad arguments give a message naming them and a non-zero exit", "[cli]
       {"explain" + m + "--image /no/such.png" + out, "/no/such.png"},
       {"explain" + m + "--image " + img + " --out /etc/passwd/sub", "/etc/passwd/sub"},
       {"explain" + m + "--image " + img + " --class 1 --topk 2" + out, "--topk"},
+      {"explain" + m + "--image " + img + " --tokens nhwcx" + out, "--tokens: nhwcx not in {auto,cls+grid,grid,nhwc,nchw}"},
+      {"explain" + m + "--image " + img + " --token-grid 4 0" + out, "--token-grid: 0 is out of range; give a whole number >= 1"},
+      {"explain" + m + "--image " + img + " --resize 0 --crop 0 --method rollout" + out,
+       "attention rollout reads the model's nn.MultiheadAttention modules, and it has none"},
       {"layers" + m + "--size 64", "--size"},
       {"frobnicate", "unknown command 'frobnicate'"},
   };
