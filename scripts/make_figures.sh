@@ -41,3 +41,28 @@ for i, t in enumerate(tiles):
 out.save(sys.argv[3])
 print("wrote", sys.argv[3])
 PY
+
+# docs/transformers_vit.png: the demo ViT (examples/demo/digits_vit.pt) on the first four test images
+# it classifies correctly: image | Grad-CAM | attention rollout (examples/explain_transformer.cpp)
+E=${BUILD_DIR:-build}/examples/example_explain_transformer
+mkdir -p "$TMP/vit"
+names=(zero one two three four five six seven eight nine)
+n=0
+for p in $D/test/*.png; do
+  cls=$("$E" $D/digits_vit.pt "$p" 64 "$TMP/vit/$(basename "$p")" | sed -n 's/^class \([0-9]*\);.*/\1/p')
+  label=$(basename "$p" .png | cut -d_ -f2)
+  if [ "${names[$cls]}" = "$label" ]; then n=$((n + 1)); else rm -f "$TMP/vit/$(basename "$p")"; fi
+  [ $n -ge 4 ] && break
+done
+/usr/bin/python3 - "$TMP/vit" docs/transformers_vit.png <<'PY'
+import glob, sys
+from PIL import Image
+ims = [Image.open(f) for f in sorted(glob.glob(sys.argv[1] + "/*.png"))]
+out = Image.new("RGB", (max(i.width for i in ims), sum(i.height for i in ims) + 6 * (len(ims) - 1)), "white")
+y = 0
+for i in ims:
+    out.paste(i, (0, y))
+    y += i.height + 6
+out.resize((out.width * 2 // 3, out.height * 2 // 3)).save(sys.argv[2], optimize=True)
+PY
+echo "wrote docs/transformers_vit.png"

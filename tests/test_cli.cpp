@@ -349,6 +349,14 @@ TEST_CASE("transformers: layers shows the token grid, explain reads it, --tokens
     REQUIRE(got.sizes() == want.sizes());
     CHECK(test::rel_err(got, want) < 1e-6);
   }
+  // the demo ViT at its images' own size (--resize 0 --crop 0): auto is resolved at that size
+  const std::string demo_out = tmpdir("transformers_demo");
+  r = run(cli() + " explain --model " + demo("digits_vit.pt") + " --image " + img +
+          " --resize 0 --crop 0 --quiet --method gradcam rollout --out " + demo_out);
+  CHECK(r.code == 0);
+  std::ifstream demo_records(demo_out + "/records.jsonl");
+  REQUIRE(std::getline(demo_records, first));
+  CHECK(json::parse(first)["layer"] == "encoder.layers.encoder_layer_2.ln_1");
   // a stated layout that does not fit, in the command's words
   r = run(cli() + " explain --model " + deit + " --image " + img + " --resize 64 --crop 64 --quiet --layer blocks.1.ln_1 "
           "--tokens cls+grid --out " + tmpdir("transformers_bad"));

@@ -124,8 +124,10 @@ inline void add_common(CLI::App* app, Common& c, bool with_model = true) {
 }
 
 /// The library's options for the command's layers: the grid layout from --tokens, and "auto"
-/// resolved at the input the command gives the model (the crop, else the resized square).
-inline gradcam::GradCAMOptions cam_options(const Common& c, std::vector<std::string> layers) {
+/// resolved at the input the command gives the model: the crop, else the resized square, else
+/// (--resize 0 --crop 0) `own_hw`, an image's own height and width when the caller knows one.
+inline gradcam::GradCAMOptions cam_options(const Common& c, std::vector<std::string> layers,
+                                           const std::vector<int64_t>& own_hw = {}) {
   gradcam::TokenLayout t;
   using Kind = gradcam::TokenLayout::Kind;
   const bool token_details = c.extra_tokens >= 0 || c.token_grid.size() == 2;
@@ -139,8 +141,10 @@ inline gradcam::GradCAMOptions cam_options(const Common& c, std::vector<std::str
     t.grid_h = c.token_grid[0];
     t.grid_w = c.token_grid[1];
   }
-  const int side = c.crop > 0 ? c.crop : c.resize > 0 ? c.resize : 224;
-  return gradcam::GradCAMOptions(std::move(layers)).token_layout(t).probe_shape({1, -1, side, side})
+  const int64_t side = c.crop > 0 ? c.crop : c.resize > 0 ? c.resize : 224;
+  const bool own = c.crop == 0 && c.resize == 0 && own_hw.size() == 2;
+  return gradcam::GradCAMOptions(std::move(layers)).token_layout(t)
+      .probe_shape({1, -1, own ? own_hw[0] : side, own ? own_hw[1] : side})
       .attention_heads(c.attention_heads);
 }
 

@@ -122,14 +122,14 @@ bool wants(const ExplainArgs& a, const char* m1, const char* m2) {
 
 /// One explainer computes every CAM method (one forward pass); Grad-CAM is always computed: the
 /// guided methods, counterfactual maps and boxes of non-map methods use it.
-gradcam::GradCAMOptions explain_options(const ExplainArgs& a) {
+gradcam::GradCAMOptions explain_options(const ExplainArgs& a, const std::vector<int64_t>& own_hw) {
   std::vector<gradcam::Method> cam_methods = {gradcam::Method::gradcam};
   for (const auto& m : a.methods) {
     if (is_cam_method(m) && m != "gradcam") cam_methods.push_back(gradcam::method_from_name(m));
   }
   const std::vector<std::string> layer_args = a.layers.empty() ? std::vector<std::string>{a.common.layer} : a.layers;
   GRADCAM_CHECK(a.fuse.empty() || layer_args.size() > 1, "--fuse combines several layers; give two or more --layer");
-  gradcam::GradCAMOptions opts = cam_options(a.common, layer_args);
+  gradcam::GradCAMOptions opts = cam_options(a.common, layer_args, own_hw);
   opts.keep_signed(true).methods(cam_methods).perturbation_batch(a.perturbation_batch)
       .guided(wants(a, "guided", "guided-gradcam") ? gradcam::GuidedMode::guided : gradcam::GuidedMode::none);
   return opts;
@@ -164,8 +164,18 @@ struct ExplainRun {
     if (!a.common.labels.empty()) labels = gradcam::Labels::read(a.common.labels);
   }
 
-  void make_explainers() {
-    cam = std::make_unique<gradcam::GradCAM>(module, explain_options(a));
+  /// `first`: the first image, whose own size resolves "auto" with --resize 0 --crop 0 (a ViT takes
+  /// one input size only).
+  void make_explainers(const std::string& first) {
+    std::vector<int64_t> own_hw;
+    if (a.common.resize == 0 && a.common.crop == 0 && !first.empty()) {
+      try {
+        const cv::Mat im = gradcam::load_image(first, a.common.max_pixels);
+        own_hw = {im.rows, im.cols};
+      } catch (const gradcam::Error&) {  // said and skipped when its batch is read
+      }
+    }
+    cam = std::make_unique<gradcam::GradCAM>(module, explain_options(a, own_hw));
     if (wants(a, "deconvnet", "deconvnet-gradcam")) {
       deconv = std::make_unique<gradcam::GradCAM>(
           module, cam_options(a.common, cam->layers()).guided(gradcam::GuidedMode::deconvnet));
@@ -311,7 +321,7 @@ int run_explain(const ExplainArgs& a) {
   std::set<std::string> methods(a.methods.begin(), a.methods.end());
   GRADCAM_CHECK(methods.size() == a.methods.size(), "a --method is listed twice");
   const std::vector<std::string> images = explain_inputs(a);
-  run.make_explainers();
+  run.make_explainers(images.empty() ? std::string() : images.front());
   const OutputLock lock(a.out);
 
   InterruptGuard interrupt_guard;
