@@ -86,6 +86,10 @@ struct MethodInputs {
   const Prepared& prepared;    ///< this method's preparation of this activation
 };
 
+/// Attention rollout (rollout.cpp), the row of Method::rollout in kMethods.
+Prepared prepare_rollout(const PrepareInputs& in);
+Weighted rollout_map(const MethodInputs& in);
+
 /// The method's work shared by every rank (nothing for the gradient methods).
 Prepared prepare_method(Method method, const PrepareInputs& in);
 
