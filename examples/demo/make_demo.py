@@ -104,13 +104,10 @@ def to_input(gray):
     return (x - MEAN) / STD
 
 
-def main():
-    digits = load_digits(sys.argv[1])
-    out = sys.argv[2] if len(sys.argv) > 2 else os.path.dirname(os.path.abspath(__file__))
+def splits(digits):
+    """The training (12,000) and test (300) images from seed 0, of disjoint digit instances (80% /
+    20% of each class): (xtr, ytr, xte, yte, test boxes). make_demo_vit.py trains on the same."""
     rng = np.random.default_rng(0)
-    torch.manual_seed(0)
-    torch.set_num_threads(max(1, os.cpu_count() or 1))
-    # disjoint digit instances for training and test
     train_pool, test_pool = [], []
     for d in range(10):
         idx = rng.permutation(len(digits[d]))
@@ -119,12 +116,14 @@ def main():
         test_pool.append(idx[cut:])
     xtr, ytr, _ = make_split(rng, digits, train_pool, 12000)
     xte, yte, bte = make_split(rng, digits, test_pool, 300)
+    return xtr, ytr, xte, yte, bte
 
-    model = DigitNet()
-    opt = torch.optim.Adam(model.parameters(), lr=2e-3)
-    epochs = 6
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=3e-3, total_steps=epochs * (len(xtr) // 64))
+
+def train(model, opt, sched, epochs, xtr, ytr, xte, yte):
+    """Batches of 64, a scheduler step per batch; prints the loss and test accuracy of each epoch
+    and returns the last accuracy, with the model in eval mode."""
     xt, yt = to_input(xtr), torch.from_numpy(ytr)
+    xv = to_input(xte)
     for epoch in range(epochs):
         model.train()
         perm = torch.randperm(len(xt))
@@ -139,8 +138,22 @@ def main():
             total += loss.item()
         model.eval()
         with torch.no_grad():
-            acc = (model(to_input(xte)).argmax(1).numpy() == yte).mean()
+            acc = (model(xv).argmax(1).numpy() == yte).mean()
         print(f"epoch {epoch}: loss {total / (len(xt) // 64):.3f}, test accuracy {acc:.3f}", flush=True)
+    return acc
+
+
+def main():
+    digits = load_digits(sys.argv[1])
+    out = sys.argv[2] if len(sys.argv) > 2 else os.path.dirname(os.path.abspath(__file__))
+    torch.manual_seed(0)
+    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    xtr, ytr, xte, yte, bte = splits(digits)
+    model = DigitNet()
+    opt = torch.optim.Adam(model.parameters(), lr=2e-3)
+    epochs = 6
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=3e-3, total_steps=epochs * (len(xtr) // 64))
+    acc = train(model, opt, sched, epochs, xtr, ytr, xte, yte)
 
     model.eval()
     torch.jit.script(model).save(os.path.join(out, "digits.pt"))

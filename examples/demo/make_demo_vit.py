@@ -15,59 +15,24 @@ minutes on 2 cores); a ViT this small learns far less from 12,000 images than di
 import os
 import sys
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 from torchvision.models.vision_transformer import VisionTransformer
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from make_demo import SIZE, load_digits, make_split, to_input  # noqa: E402
+from make_demo import SIZE, load_digits, splits, train  # noqa: E402
 
 EPOCHS = 24
 
 
-def data(folder):
-    """make_demo.py's training and test splits: the same random calls in the same order."""
-    digits = load_digits(folder)
-    rng = np.random.default_rng(0)
-    train_pool, test_pool = [], []
-    for d in range(10):
-        idx = rng.permutation(len(digits[d]))
-        cut = int(len(idx) * 0.8)
-        train_pool.append(idx[:cut])
-        test_pool.append(idx[cut:])
-    xtr, ytr, _ = make_split(rng, digits, train_pool, 12000)
-    xte, yte, _ = make_split(rng, digits, test_pool, 300)
-    return xtr, ytr, xte, yte
-
-
 def main():
-    xtr, ytr, xte, yte = data(sys.argv[1])
+    xtr, ytr, xte, yte, _ = splits(load_digits(sys.argv[1]))
     out = sys.argv[2] if len(sys.argv) > 2 else os.path.dirname(os.path.abspath(__file__))
     torch.manual_seed(0)
     model = VisionTransformer(image_size=SIZE, patch_size=8, num_layers=3, num_heads=4, hidden_dim=48,
                               mlp_dim=96, num_classes=10)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.05)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=3e-3, total_steps=EPOCHS * (len(xtr) // 64))
-    xt, yt = to_input(xtr), torch.from_numpy(ytr)
-    xv = to_input(xte)
-    for epoch in range(EPOCHS):
-        model.train()
-        perm = torch.randperm(len(xt))
-        total = 0.0
-        for i in range(0, len(xt) - 63, 64):
-            b = perm[i:i + 64]
-            loss = F.cross_entropy(model(xt[b]), yt[b])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            sched.step()
-            total += loss.item()
-        model.eval()
-        with torch.no_grad():
-            acc = (model(xv).argmax(1).numpy() == yte).mean()
-        print(f"epoch {epoch}: loss {total / (len(xt) // 64):.3f}, test accuracy {acc:.3f}", flush=True)
-    model.eval()
+    acc = train(model, opt, sched, EPOCHS, xtr, ytr, xte, yte)
     torch.jit.script(model).save(os.path.join(out, "digits_vit.pt"))
     print("test accuracy", acc)
 
