@@ -68,8 +68,9 @@ std::string stated_tokens(const TokenLayout& s, int64_t T, int64_t C, int64_t H,
     return out.kind == Layout::Kind::tokens ? "" : concat("a ", s.grid_h, "x", s.grid_w, " grid needs ",
                                                            s.grid_h * s.grid_w, " tokens, more than ", T);
   }
+  if (s.extra >= T) return concat(extra_tokens(s.extra), " leave none of the ", T, " tokens for the grid");
   if (s.extra >= 0) {
-    const int64_t h = s.extra < T ? grid_rows(T - s.extra, H, W) : 0;
+    const int64_t h = grid_rows(T - s.extra, H, W);
     if (h > 0) out = tokens(s.extra, h, (T - s.extra) / h, C);
     return h > 0 ? "" : concat("after ", extra_tokens(s.extra), ", ", T - s.extra, " tokens form no grid of the input's "
                                "aspect ratio ", H, "x", W, "; state the grid too");

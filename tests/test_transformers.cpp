@@ -147,6 +147,9 @@ TEST_CASE("a stated layout reads the same grid, and one that does not fit is ref
                       Equals("layer 'blocks.1.ln_1' outputs tokens [2, 18, 32]: after 3 extra tokens, 15 tokens form "
                              "no grid of the input's aspect ratio 64x64; state the grid too "
                              "(GradCAMOptions::token_layout)"));
+  REQUIRE_THROWS_WITH(refuse(tokens(18, -1, -1)),
+                      Equals("layer 'blocks.1.ln_1' outputs tokens [2, 18, 32]: 18 extra tokens leave none of the 18 "
+                             "tokens for the grid (GradCAMOptions::token_layout)"));
   REQUIRE_THROWS_WITH(refuse(nhwc()), Equals("layer 'blocks.1.ln_1' outputs shape [2, 18, 32]; token_layout says "
                                              "channels last, which is 4-D [N, h, w, C]"));
   auto swin = test::model("tf_swin_script");
