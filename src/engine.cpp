@@ -78,8 +78,27 @@ struct Scores {
   at::Tensor logits;
 };
 
+Scores ranked_scores(const Target& target, const c10::IValue& out, int64_t n) {
+  const Target::Ranked v = target.ranked_fn()(out);
+  GRADCAM_CHECK(v.scores.defined() && v.scores.dim() == 2 && v.scores.size(0) == n && v.scores.size(1) >= 1,
+                "the ranked score function returned scores of shape ",
+                v.scores.defined() ? shape_str(v.scores.sizes()) : std::string("(undefined)"),
+                "; expected [N, R] with N = ", n, " and R >= 1");
+  Scores s;
+  for (int64_t r = 0; r < v.scores.size(1); ++r) s.per_rank.push_back(v.scores.select(1, r));
+  if (v.classes.defined()) {
+    GRADCAM_CHECK(v.classes.sizes() == v.scores.sizes(), "the ranked score function returned classes of shape ",
+                  shape_str(v.classes.sizes()), " for scores of shape ", shape_str(v.scores.sizes()));
+    s.classes = v.classes.to(at::kLong);
+  } else {
+    s.classes = at::full(v.scores.sizes(), -1, at::TensorOptions().dtype(at::kLong));
+  }
+  return s;
+}
+
 Scores resolve_target(const Target& target, const c10::IValue& out, int64_t n) {
   Scores s;
+  if (target.kind() == Target::Kind::ranked) return ranked_scores(target, out, n);
   if (target.kind() == Target::Kind::score) {
     at::Tensor v = target.fn()(out);
     GRADCAM_CHECK(v.defined(), "the score function returned an undefined tensor");
@@ -227,6 +246,11 @@ void collect(Call& c) {
                   "' was not reached by this forward pass (it is inside a branch not taken)");
     for (size_t call = 0; call < c.ctx.captures[slot].size(); ++call) {
       const at::Tensor& a = c.ctx.captures[slot][call];
+      // A detector's region heads see a batch of boxes, not of images: no map of the image.
+      GRADCAM_CHECK(a.dim() >= 1 && a.size(0) == c.input.size(0), "layer '", c.layers[slot], "' (call ", call,
+                    ") gives shape ", shape_str(a.sizes()), ", whose first dimension is not the batch of ",
+                    c.input.size(0), " image", c.input.size(0) == 1 ? "" : "s",
+                    "; choose a layer that sees the whole image (a backbone or FPN layer of a detector)");
       c.layouts.push_back(resolve_layout(c.options.token_layout(), c.layers[slot], a.sizes(), c.input.sizes()));
       c.leaves.push_back(a);
       c.where.emplace_back(slot, static_cast<int64_t>(call));
@@ -359,7 +383,8 @@ GradCAMResult Engine::compute(const at::Tensor& input, const Target& target) con
   const std::vector<Method>& methods = impl.options.methods();
   const bool any_layer = !impl.layers.empty();
   c.layer_gradients = any_layer && std::any_of(methods.begin(), methods.end(), uses_gradients);
-  GRADCAM_CHECK(!any_layer || target.kind() != Target::Kind::score ||
+  const bool function_target = target.kind() == Target::Kind::score || target.kind() == Target::Kind::ranked;
+  GRADCAM_CHECK(!any_layer || !function_target ||
                     std::none_of(methods.begin(), methods.end(), detail::is_perturbation),
                 "Score-CAM and Ablation-CAM explain class targets (top-k or classes); a "
                 "Target::score function cannot be evaluated on their perturbed batches");

@@ -44,6 +44,14 @@ Target Target::score(ScoreFn fn) {
   return t;
 }
 
+Target Target::ranked(RankedFn fn) {
+  GRADCAM_CHECK(static_cast<bool>(fn), "Target::ranked needs a callable");
+  Target t;
+  t.kind_ = Kind::ranked;
+  t.ranked_fn_ = std::move(fn);
+  return t;
+}
+
 const LayerMap& GradCAMResult::get(const std::string& layer, int64_t rank, int64_t call,
                                    Method method) const {
   for (const auto& m : maps) {

@@ -130,12 +130,30 @@ struct Rewrite {
     auto method = module.find_method("forward");
     GRADCAM_CHECK(method.has_value(), "the model has no forward method");
     graph = jit::toGraphFunction(method->function()).graph()->copy();
-    GRADCAM_CHECK(graph->inputs().size() == 2, "the model's forward takes ",
-                  graph->inputs().size() - 1,
-                  " inputs; gradcam explains models whose forward takes one tensor");
+    read_arguments(method->function().getSchema());
     self = graph->inputs()[0];
     paths = module_paths(module);
     path_set.insert(paths.begin(), paths.end());
+  }
+  /// The forward takes one tensor (a classifier), or a list of image tensors (torchvision's
+  /// detectors: forward(images, targets=None)); every further argument needs a default, which
+  /// run() passes.
+  void read_arguments(const c10::FunctionSchema& schema) {
+    const auto& args = schema.arguments();
+    GRADCAM_CHECK(args.size() >= 2, "the model's forward takes no input; gradcam explains models whose "
+                  "forward takes one tensor or a list of image tensors");
+    const c10::TypePtr& type = args[1].type();
+    const auto list = type->cast<c10::ListType>();
+    facts.list_input = list && list->getElementType()->kind() == c10::TypeKind::TensorType;
+    GRADCAM_CHECK(facts.list_input || type->kind() == c10::TypeKind::TensorType, "the model's forward takes '",
+                  args[1].name(), "' of type ", type->repr_str(),
+                  "; gradcam explains models whose forward takes one tensor or a list of image tensors");
+    for (size_t i = 2; i < args.size(); ++i) {
+      GRADCAM_CHECK(args[i].default_value().has_value(), "the model's forward takes ", args.size() - 1,
+                    " inputs and '", args[i].name(), "' has no default; gradcam explains models whose "
+                    "forward takes one tensor (or a list of images) and defaults for the rest");
+      facts.trailing.push_back(*args[i].default_value());
+    }
   }
   const torch::jit::Module& module;
   const RewriteSpec& spec;
@@ -451,9 +469,16 @@ c10::IValue Forward::run(const at::Tensor& input, CaptureContext& ctx) const {
   GRADCAM_ASSERT(ctx.captures.size() == facts_.slot_count);
   ContextScope scope(&ctx);
   jit::Stack stack;
-  stack.reserve(2);
+  stack.reserve(2 + facts_.trailing.size());
   stack.emplace_back(module_._ivalue());
-  stack.emplace_back(input);
+  if (facts_.list_input) {
+    c10::List<at::Tensor> images;  // one [C, H, W] per sample, views of the batch
+    for (const at::Tensor& image : input.unbind(0)) images.push_back(image);
+    stack.emplace_back(std::move(images));
+  } else {
+    stack.emplace_back(input);
+  }
+  for (const c10::IValue& v : facts_.trailing) stack.emplace_back(v);
   jit::InterpreterState state(*code_);
   state.run(stack);
   GRADCAM_ASSERT(!stack.empty());

@@ -102,6 +102,10 @@ struct RewriteFacts {
   int64_t expected_dim = -1;
   int64_t replaced = 0;
   std::vector<std::string> untouched;
+  /// forward takes a list of images (torchvision's detectors), given the batch's samples.
+  bool list_input = false;
+  /// The defaults of forward's arguments after the input (a detector's `targets=None`).
+  std::vector<c10::IValue> trailing;
 };
 
 /// A private, rewritten, compiled copy of module.forward.

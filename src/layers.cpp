@@ -7,6 +7,7 @@
 #include <torch/csrc/jit/api/module.h>
 
 #include <algorithm>
+#include <cstring>
 #include <map>
 
 #include <gradcam/error.hpp>
@@ -66,7 +67,53 @@ std::string deepest_dependent(const Forward& forward, const CaptureContext& prob
   }
 }
 
-/// Sets listing.auto_layer (and auto_note for a transformer) from a probe run's shapes.
+/// A detector's stage for auto: the last of `stages` (direct children of its backbone body, in
+/// production order) that the top detections of a fixed pseudo-random image all depend on, by one
+/// backward pass per detection. SSDlite's heads read both its stages, so a box of the first level
+/// does not depend on the last; Faster R-CNN's and RetinaNet's read the FPN over every stage. The
+/// last stage when the probe finds no detection.
+std::string detector_stage(const Forward& forward, const std::vector<ProbeSlot>& slots, const std::vector<size_t>& stages,
+                           const at::Tensor& like) {
+  if (stages.empty()) return "";
+  auto gen = at::make_generator<at::CPUGeneratorImpl>(20171022);
+  const at::Tensor x = at::rand(like.sizes(), gen, at::TensorOptions().dtype(at::kFloat)).to(like.options());
+  CaptureContext ctx(forward.slots());
+  c10::AutoGradMode grad_on(true);
+  std::vector<bool> all(stages.size(), true);
+  try {
+    const std::vector<at::Tensor> scores = detection_scores(forward.run(x, ctx));
+    std::vector<at::Tensor> leaves;
+    for (size_t slot : stages) {
+      if (ctx.captures[slot].empty()) return slots[stages.back()].name;
+      leaves.push_back(ctx.captures[slot].front());
+    }
+    const int64_t count = scores.empty() ? 0 : std::min<int64_t>(scores.front().size(0), 5);
+    if (count == 0 || !scores.front().requires_grad()) return slots[stages.back()].name;
+    for (int64_t j = 0; j < count; ++j) {
+      const auto g = torch::autograd::grad({scores.front()[j]}, leaves, {}, true, false, /*allow_unused=*/true);
+      for (size_t i = 0; i < g.size(); ++i) all[i] = all[i] && g[i].defined() && g[i].ne(0).any().item<bool>();
+    }
+  } catch (const std::exception&) {  // the probe could not run: the last stage
+    return slots[stages.back()].name;
+  }
+  for (size_t i = stages.size(); i-- > 0;) {
+    if (all[i]) return slots[stages[i]].name;
+  }
+  return slots[stages.back()].name;
+}
+
+/// A torchvision detector's backbone body ("backbone.body", or "backbone.features" for SSD), or
+/// "" for any other model.
+std::string detector_body(const std::vector<ProbeSlot>& slots) {
+  for (const char* body : {"backbone.body.", "backbone.features."}) {
+    for (const auto& slot : slots) {
+      if (slot.name.rfind(body, 0) == 0) return std::string(body, std::strlen(body) - 1);
+    }
+  }
+  return "";
+}
+
+/// Sets listing.auto_layer (and auto_note for a transformer or a detector) from a probe run's shapes.
 void choose_auto(LayerListing& listing, const Forward& forward, const CaptureContext& ctx,
                  const at::Tensor& input) {
   // auto: the last-produced 4-D activation with h*w > 1; an enclosing module's output is
@@ -75,21 +122,39 @@ void choose_auto(LayerListing& listing, const Forward& forward, const CaptureCon
   // feature map, and is skipped.
   // A transformer's only grid is its patch embedding, which explains nothing: when at most one
   // grid layer is followed by token layers, auto takes a token layer (deepest_dependent).
+  // A torchvision detector (a `backbone` with a `body` or `features`): the backbone's last stage,
+  // a direct child of those; its FPN levels are there to be named.
   const auto& slots = forward.probe_slots();
+  const std::string stage_of = detector_body(slots);
+  if (!stage_of.empty()) {
+    listing.auto_note = "a detector: the last stage of its backbone ('" + stage_of + "') that its top detections of a "
+                        "random image all depend on";
+  }
   size_t grids = 0;
   std::string tokens_after;
+  std::vector<size_t> stages;  // a detector's
   for (size_t slot : ctx.order) {
     const auto& s = ctx.shapes[slot].front();
     const std::string& type = slots[slot].type;
     const bool pooling = type.rfind("Adaptive", 0) == 0 || type.find("adaptive_") != std::string::npos;
     const Layout layout = infer_layout(s, input.sizes());
-    if (s.size() == 4 && s[2] * s[3] > 1 && !pooling && layout.kind == Layout::Kind::channels_first) {
+    // a region head's batch is of boxes, not images
+    const bool images = !s.empty() && s[0] == input.size(0);
+    const std::string& name = slots[slot].name;
+    const bool stage = stage_of.empty() || (name.rfind(stage_of + ".", 0) == 0 &&
+                                            name.find('.', stage_of.size() + 1) == std::string::npos);
+    if (s.size() == 4 && s[2] * s[3] > 1 && !pooling && images && stage && layout.kind == Layout::Kind::channels_first) {
       listing.auto_layer = slots[slot].name;
+      if (!stage_of.empty()) stages.push_back(slot);
       ++grids;
       tokens_after.clear();
     } else if (layout.kind == Layout::Kind::tokens && tokens_after.empty()) {
       tokens_after = "'" + slots[slot].name + "' gives " + describe(layout, s);
     }
+  }
+  if (!stage_of.empty()) {
+    listing.auto_layer = detector_stage(forward, slots, stages, input);
+    return;
   }
   if (grids > 1 || tokens_after.empty()) return;
   const std::string embedding = listing.auto_layer.empty() ? std::string("it has no grid layer")

@@ -2,10 +2,14 @@
 #include <gradcam/model.hpp>
 
 #include <ATen/Context.h>
+#include <caffe2/serialize/inline_container.h>
+#include <caffe2/serialize/read_adapter_interface.h>
+#include <torch/csrc/jit/runtime/operator.h>
 #include <torch/csrc/jit/serialization/import.h>
 
 #include <torch/version.h>
 
+#include <dlfcn.h>
 #include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -37,10 +41,60 @@ const char* kHowToExport =
     "save one from Python with torch.jit.save(torch.jit.script(model), PATH) or "
     "torch.jit.save(torch.jit.trace(model, example), PATH)";
 /// The error for a model that `torch::jit::load` refused. `what` names it ("'m.pt'", "the data").
+/// The archive as PyTorch's own zip reader reads it.
+class ReadAtAdapter final : public caffe2::serialize::ReadAdapterInterface {
+ public:
+  ReadAtAdapter(std::uint64_t size, const detail::ReadAt& read_at) : size_(size), read_at_(read_at) {}
+  size_t size() const override { return static_cast<size_t>(size_); }
+  size_t read(uint64_t pos, void* buf, size_t n, const char* /*what*/) const override {
+    if (pos >= size_) return 0;
+    n = static_cast<size_t>(std::min<std::uint64_t>(n, size_ - pos));
+    read_at_(pos, static_cast<char*>(buf), n);
+    return n;
+  }
+
+ private:
+  std::uint64_t size_;
+  const detail::ReadAt& read_at_;
+};
+
+/// The first operator the model's code calls (`ops.NS.NAME`) that no loaded library defines, as
+/// "NS::NAME"; empty when there is none or the archive cannot be read. LibTorch reports such a
+/// call as a compile error whose text cannot be read safely (torch_message), so the code records
+/// are read here, on the failure path only.
+std::string unknown_operator(std::uint64_t size, const detail::ReadAt& read_at) {
+  try {
+    caffe2::serialize::PyTorchStreamReader reader(std::make_shared<ReadAtAdapter>(size, read_at));
+    static const std::regex op_call("(^|[^.A-Za-z0-9_])ops\\.([A-Za-z0-9_]+)\\.([A-Za-z0-9_]+)\\(");
+    for (const std::string& name : reader.getAllRecords()) {
+      if (name.size() < 3 || name.compare(name.size() - 3, 3, ".py") != 0) continue;
+      const auto record = reader.getRecord(name);
+      const std::string code(static_cast<const char*>(std::get<0>(record).get()), std::get<1>(record));
+      for (auto it = std::sregex_iterator(code.begin(), code.end(), op_call); it != std::sregex_iterator(); ++it) {
+        const std::string op = (*it)[2].str() + "::" + (*it)[3].str();
+        if (torch::jit::getAllOperatorsFor(c10::Symbol::fromQualString(op)).empty()) return op;
+      }
+    }
+  } catch (const std::exception&) {  // unreadable: LibTorch's own error stands
+  }
+  return "";
+}
+
 /// A file written by a newer torch than this LibTorch reads names both versions: otherwise the
 /// user sees only "is not a readable TorchScript model" and re-exports what is already fine.
-[[noreturn]] void fail_load(const std::string& what, const std::exception& e) {
+[[noreturn]] void fail_load(const std::string& what, const std::exception& e, std::uint64_t size,
+                            const detail::ReadAt& read_at) {
   const std::string message = detail::torch_message(e);
+  // torchvision's detectors call its operators (torchvision::nms, roi_align), which LibTorch
+  // knows only once torchvision's operator library is loaded into the process.
+  const std::string op = unknown_operator(size, read_at);
+  if (!op.empty()) {
+    const std::string ns = op.substr(0, op.find(':'));
+    fail(detail::concat(what, " calls the operator ", op, ", which no loaded library defines: load its library "
+                        "first (gradcam --ops-library PATH, or gradcam::load_operators(PATH))",
+                        ns == "torchvision" ? "; for torchvision, libtorchvision.so or the _C.so of its Python package"
+                                            : ""));
+  }
   static const std::regex too_new(
       "file with version ([0-9]+), but the maximum supported version for reading is ([0-9]+)");
   std::smatch m;
@@ -69,7 +123,7 @@ torch::jit::Module load_checked(const std::string& what, std::uint64_t size,
     m = load();
   } catch (const std::exception& e) {
     weights.get();  // a damaged weight, if any, is the better explanation
-    fail_load(what, e);
+    fail_load(what, e, size, read_at);
   }
   weights.get();
   // Everything is explained in eval mode (graph.cpp reads `training` as false); say so once here,
@@ -138,6 +192,24 @@ torch::jit::Module load_model_from_bytes(const std::string& bytes, c10::Device d
         std::istringstream in(bytes);
         return torch::jit::load(in, device);
       });
+}
+
+}  // namespace gradcam
+
+namespace gradcam {
+
+void load_operators(const std::string& path) {
+  namespace fs = std::filesystem;
+  std::error_code ec;
+  GRADCAM_CHECK(fs::exists(path, ec), "operator library '", path, "' does not exist");
+  GRADCAM_CHECK(fs::is_regular_file(path, ec), "operator library '", path, "' is not a regular file");
+  // RTLD_GLOBAL: the library's static initialisers register its operators with LibTorch's
+  // dispatcher; it stays loaded for the life of the process (operators cannot be unregistered).
+  if (dlopen(path.c_str(), RTLD_NOW | RTLD_GLOBAL) == nullptr) {
+    const char* why = dlerror();
+    fail(detail::concat("operator library '", path, "' could not be loaded: ", why ? why : "unknown error",
+                        " (it must be built for this LibTorch, ", TORCH_VERSION, ")"));
+  }
 }
 
 }  // namespace gradcam

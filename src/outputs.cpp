@@ -26,8 +26,28 @@ at::Tensor logits_of(const c10::IValue& out) {
                 "); use Target::score to choose what to explain"));
   }
   if (out.isTensorList() && !out.toTensorList().empty()) return out.toTensorList().get(0);
+  GRADCAM_CHECK(detection_scores(out).empty(), "the model returns a detector's detections, not class scores; explain "
+                "its boxes with gradcam::detection::boxes() (gradcam explain --task detection)");
   fail(concat("the model returns ", out.tagKind(),
               ", not class scores; use Target::score to choose what to explain"));
+}
+
+std::vector<at::Tensor> detection_scores(const c10::IValue& out) {
+  const c10::IValue list = out.isTuple() && out.toTuple()->elements().size() == 2 ? out.toTuple()->elements()[1] : out;
+  if (!list.isList()) return {};
+  std::vector<at::Tensor> scores;
+  for (const c10::IValue& item : list.toList()) {
+    if (!item.isGenericDict()) return {};
+    bool found = false;
+    for (const auto& kv : item.toGenericDict()) {
+      if (kv.key().isString() && kv.key().toStringRef() == "scores" && kv.value().isTensor()) {
+        scores.push_back(kv.value().toTensor());
+        found = true;
+      }
+    }
+    if (!found) return {};
+  }
+  return scores;
 }
 
 }  // namespace gradcam::detail

@@ -80,7 +80,15 @@ class Target {
  public:
   /// Receives the model's output (tensor, tuple, dict...) and returns one score per sample, [N].
   using ScoreFn = std::function<at::Tensor(const c10::IValue& output)>;
-  enum class Kind { top_k, classes, score };
+  /// Several scores per sample, one target rank each (a detector's boxes): `scores` [N, R] and
+  /// `classes` [N, R] int64 (undefined: -1 everywhere). A sample with fewer than R targets fills
+  /// the rest with class -1 and a constant score 0; their maps are zero.
+  struct Ranked {
+    at::Tensor scores;
+    at::Tensor classes;
+  };
+  using RankedFn = std::function<Ranked(const c10::IValue& output)>;
+  enum class Kind { top_k, classes, score, ranked };
 
   /// The top-1 predicted class of each sample (the default).
   static Target top1() { return topk(1); }
@@ -90,17 +98,22 @@ class Target {
   static Target classes(std::vector<int64_t> indices);
   /// Any differentiable function of the output; gradcam does not apply softmax to it.
   static Target score(ScoreFn fn);
+  /// R differentiable scores per sample from one forward pass, one backward pass per rank
+  /// (gradcam/detection.hpp builds them for detectors).
+  static Target ranked(RankedFn fn);
 
   Kind kind() const noexcept { return kind_; }
   int64_t k() const noexcept { return k_; }
   const std::vector<int64_t>& indices() const noexcept { return indices_; }
   const ScoreFn& fn() const noexcept { return fn_; }
+  const RankedFn& ranked_fn() const noexcept { return ranked_fn_; }
 
  private:
   Kind kind_ = Kind::top_k;
   int64_t k_ = 1;
   std::vector<int64_t> indices_;
   ScoreFn fn_;
+  RankedFn ranked_fn_;
 };
 
 /// How a layer's output is read as a grid of positions [N, K, h, w], the form every CAM method

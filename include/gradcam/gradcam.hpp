@@ -1,5 +1,6 @@
 // gradcam/gradcam.hpp: the umbrella header. Includes the core API (no OpenCV needed); the image
-// and visualisation layer is <gradcam/image.hpp>, included here when built with OpenCV.
+// and visualisation layer (<gradcam/image.hpp>) and detectors (<gradcam/detection.hpp>, whose NMS is
+// OpenCV's) are included here when built with OpenCV.
 #pragma once
 
 #include <gradcam/error.hpp>
@@ -14,5 +15,6 @@
 #include <gradcam/version.hpp>
 
 #if defined(GRADCAM_WITH_OPENCV)
+#include <gradcam/detection.hpp>
 #include <gradcam/image.hpp>
 #endif

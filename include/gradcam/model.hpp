@@ -19,4 +19,10 @@ torch::jit::Module load_model(const std::string& path, c10::Device device = c10:
 torch::jit::Module load_model_from_bytes(const std::string& bytes,
                                          c10::Device device = c10::Device("cpu"));
 
+/// Loads a library of custom TorchScript operators into the process, for models that call them:
+/// torchvision's detectors call torchvision::nms and torchvision::roi_align, defined by
+/// libtorchvision.so (or the _C.so of torchvision's Python package, which needs no Python).
+/// Call it before load_model. Throws gradcam::Error naming the file and the loader's reason.
+void load_operators(const std::string& path);
+
 }  // namespace gradcam
