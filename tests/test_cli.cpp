@@ -1,6 +1,7 @@
 // The gradcam command and the examples, on the shipped demo model and images.
 #include "catch.hpp"
 
+#include <ATen/Parallel.h>
 #include <nlohmann/json.hpp>
 #include <opencv2/imgcodecs.hpp>
 
@@ -176,6 +177,16 @@ TEST_CASE("bad arguments give a message naming them and a non-zero exit", "[cli]
       {"explain" + m + "--image " + img + " --token-grid 4 0" + out, "--token-grid: 0 is out of range; give a whole number >= 1"},
       {"explain" + m + "--image " + img + " --resize 0 --crop 0 --method rollout" + out,
        "attention rollout reads the model's nn.MultiheadAttention modules, and it has none"},
+      {"explain" + m + "--image " + img + " --score-threshold 0.3" + out, "--score-threshold applies to --task detection"},
+      {"explain" + m + "--image " + img + " --task detection --method scorecam" + out,
+       "--task detection explains a box with gradcam, gradcam++, xgradcam, hirescam, layercam or eigencam, not 'scorecam'"},
+      {"explain" + m + "--image " + img + " --task detection --class 3" + out,
+       "--class chooses classes of a classifier; with --task detection use --classes, --score-threshold and --max-boxes"},
+      {"explain" + m + "--image " + img + " --task detection --layer block3" + out,
+       "the model returns Tensor, not torchvision's detections (a list of dicts with 'boxes', 'scores' and 'labels', "
+       "or a (losses, detections) tuple); for a dense output choose the layout yolo-nxbx(5+c) or yolo-nx(4+c)xb"},
+      {"explain" + m + "--image " + img + " --task detection --layout yolo" + out, "--layout: yolo not in"},
+      {"explain" + m + "--image " + img + " --ops-library /no/lib.so" + out, "--ops-library: File does not exist: /no/lib.so"},
       {"layers" + m + "--size 64", "--size"},
       {"frobnicate", "unknown command 'frobnicate'"},
   };
@@ -532,4 +543,61 @@ TEST_CASE("compare: two copies of one model agree exactly", "[cli][compare]") {
   r = run(cli() + " compare --model " + demo("digits.pt") + " --image " + demo("test/0013_three.png") + " --out " + out);
   CHECK(r.code != 0);
   CHECK_THAT(r.out, Contains("exactly two models"));
+}
+
+TEST_CASE("explain --task detection: a record and a map per box, equal to the library's", "[cli][detection]") {
+  const std::string ops = env("GRADCAM_TORCHVISION_OPS");
+  const std::string frcnn = test::fixture("det_frcnn.pt");
+  const std::string img = demo("test/0002_five.png");
+  // without torchvision's operators: the operator and the flag named
+  Run r = run(cli() + " explain --task detection --model " + frcnn + " --image " + img + " --out " + tmpdir("det_noops"));
+  CHECK(r.code != 0);
+  CHECK_THAT(r.out, Contains("calls the operator torchvision::nms, which no loaded library defines: load its library "
+                             "first (gradcam --ops-library PATH, or gradcam::load_operators(PATH)); for torchvision, "
+                             "libtorchvision.so or the _C.so of its Python package"));
+  const std::string dir = tmpdir("detection");
+  // with this process's thread count: a float32 detector's maps change by 7e-6 of their max from 1 to 2
+  // threads (the reductions' order), more than a classifier's
+  r = run(cli() + " explain --task detection --model " + frcnn + " --ops-library " + ops + " --image " + img +
+          " --score-threshold 0 --max-boxes 3 --quiet --method gradcam eigencam --threads " +
+          std::to_string(at::get_num_threads()) + " --out " + dir);
+  INFO(r.out);
+  REQUIRE(r.code == 0);
+  // the library on the same image, as the command preprocesses it for detection (as it is, [0, 1])
+  gradcam::load_operators(ops);
+  auto module = gradcam::load_model(frcnn);
+  const at::Tensor x = gradcam::to_tensor(gradcam::load_image(img),
+                                          gradcam::Preprocess().resize(0).crop(0).mean({0, 0, 0}).std({1, 1, 1}));
+  gradcam::GradCAM cam(module, gradcam::GradCAMOptions("backbone.body.16").methods({gradcam::Method::gradcam,
+                                                                                    gradcam::Method::eigencam}));
+  const auto options = gradcam::detection::DetectionOptions().score_threshold(0).max_boxes(3);
+  const auto res = cam.compute(x, gradcam::detection::boxes(options));
+  const auto found = gradcam::detection::detect(*res.output, options).front();
+  REQUIRE(found.size() == 3);
+  std::ifstream records(dir + "/records.jsonl");
+  int count = 0;
+  for (std::string line; std::getline(records, line); ++count) {
+    const json rec = json::parse(line);
+    const auto j = rec["box_index"].get<size_t>();
+    REQUIRE(j < found.size());
+    CHECK(rec["layer"] == "backbone.body.16");  // auto: the backbone's last stage
+    CHECK(rec["class"] == found[j].label);
+    CHECK(std::abs(rec["detection_score"].get<double>() - found[j].score) < 1e-6);
+    CHECK(rec["box_input"][2].get<double>() == Approx(found[j].x1).epsilon(1e-6));
+    for (const char* f : {"overlay", "map", "boxes"}) CHECK(fs::exists(rec["files"][f].get<std::string>()));
+    const auto m = gradcam::method_from_name(rec["method"]);
+    const at::Tensor want = res.get("backbone.body.16", static_cast<int64_t>(j), 0, m).map[0][0];
+    CHECK(test::rel_err(read_npy(rec["files"]["map"]), want) < 1e-6);
+  }
+  CHECK(count == 6);  // 3 boxes x 2 methods
+  // a traced YOLO-style model, dense layout [N, boxes, 5 + classes], at its own input size
+  const std::string yolo = tmpdir("detection_yolo");
+  r = run(cli() + " explain --task detection --layout 'yolo-nxbx(5+c)' --model " + test::fixture("det_yolo_rows.pt") +
+          " --image " + img + " --resize 64 --crop 64 --score-threshold 0.1 --max-boxes 2 --layer backbone.5 --quiet "
+          "--out " + yolo);
+  CHECK(r.code == 0);
+  std::ifstream yolo_records(yolo + "/records.jsonl");
+  count = 0;
+  for (std::string line; std::getline(yolo_records, line); ++count) CHECK(json::parse(line)["task"] == "detection");
+  CHECK(count == 2);
 }

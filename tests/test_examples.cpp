@@ -89,3 +89,17 @@ TEST_CASE("the transformer example: auto, the grid it read, Grad-CAM and rollout
   REQUIRE_FALSE(panel.empty());
   CHECK(panel.cols > 2 * panel.rows / 2);  // three tiles side by side
 }
+
+TEST_CASE("the detector example prints each box with its class, score and map file", "[examples][detection]") {
+  const std::string dir = env("GRADCAM_EXAMPLES_DIR");
+  const std::string out = tmpdir("detector_example");
+  // the Faster R-CNN fixture (make_detection_refs.py, random weights: scores near 0.3)
+  Run a = run(dir + "/example_explain_detector " + test::fixture("det_frcnn.pt") + " " + demo("test/0013_three.png") +
+              " " + out + " 0 auto " + env("GRADCAM_TORCHVISION_OPS"));
+  INFO(a.out);
+  CHECK(a.code == 0);
+  CHECK_THAT(a.out, Contains("layer backbone.body.16\n") && Contains("box 0: class ") && Contains("box 4: class ") &&
+                        Contains("-> " + out + "/box4.png"));
+  const cv::Mat shown = cv::imread(out + "/box4.png");
+  CHECK(shown.cols == 64);
+}

@@ -91,6 +91,7 @@ struct Common {
   int extra_tokens = -1;           ///< --extra-tokens; -1: cls+grid 1, grid 0, auto inferred
   std::vector<int> token_grid;     ///< --token-grid H W; empty: inferred
   int attention_heads = 0;         ///< --attention-heads (rollout of a traced model); 0: the model's
+  std::vector<std::string> ops_libraries;  ///< --ops-library: loaded before the model (torchvision's operators)
 };
 
 inline void add_common(CLI::App* app, Common& c, bool with_model = true) {
@@ -119,6 +120,9 @@ inline void add_common(CLI::App* app, Common& c, bool with_model = true) {
                   "default: 1 with cls+grid, 0 with grid, inferred with auto")->check(whole_number(0));
   app->add_option("--token-grid", c.token_grid, "tokens: the grid's rows and columns (default: inferred)")
       ->expected(2)->check(whole_number(1));
+  app->add_option("--ops-library", c.ops_libraries, "a library of TorchScript operators the model calls, loaded first "
+                  "(torchvision's detectors: libtorchvision.so, or the _C.so of torchvision's Python package)")
+      ->expected(1, -1)->check(CLI::ExistingFile);
   app->add_option("--attention-heads", c.attention_heads, "attention rollout: the heads of each attention layer "
                   "(default: the model's num_heads, which a traced model does not keep)")->check(whole_number(1));
 }

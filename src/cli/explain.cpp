@@ -23,6 +23,7 @@
 #include "batches.hpp"
 #include "commands.hpp"
 #include "common.hpp"
+#include "explain_detection.hpp"
 
 namespace gradcam_cli {
 
@@ -51,6 +52,7 @@ struct ExplainArgs {
   std::string out = "gradcam_out";
   bool json_lines = false;
   double threshold = 0.15;
+  DetectionFlags detection;
 };
 
 /// OUT/records.jsonl of `explain`: appended, so that an earlier run's records (and the files they
@@ -157,7 +159,8 @@ struct ExplainRun {
         device(a.common.device),
         module(gradcam::load_model(a.common.model, device)),
         colormap(gradcam::colormap_from_name(a.colormap)),
-        target(a.topk > 0 ? gradcam::Target::topk(a.topk)
+        target(a.detection.on() ? detection_target(a.detection)
+               : a.topk > 0         ? gradcam::Target::topk(a.topk)
                : !a.classes.empty() ? gradcam::Target::classes(a.classes)
                                     : gradcam::Target::top1()),
         records((fs::path(a.out) / "records.jsonl").string(), make_run_id()) {
@@ -259,6 +262,11 @@ void explain_image(ExplainRun& run, const gradcam::GradCAMResult& r, const gradc
   }
   std::string stem = fs::path(im.path).stem().string();
   if (int k = run.stems[stem]++; k > 0) stem += "_" + std::to_string(k);
+  if (a.detection.on()) {
+    const BoxWriter w{a.detection, run.out_layers, a.methods, run.labels, a.out, run.colormap, a.alpha};
+    for (const auto& rec : explain_boxes(w, r, im, n, stem)) run.write(rec);
+    return;
+  }
   for (int64_t rank = 0; rank < r.classes.size(1); ++rank) {
     const int64_t cls = r.classes[n][rank].item<int64_t>();
     for (const std::string& out_layer : run.out_layers) {
@@ -372,7 +380,11 @@ Subcommand add_explain(CLI::App* explain) {
   explain->add_flag("--json", ex->json_lines, "print one JSON record per image, class and method on stdout");
   explain->add_option("--threshold", ex->threshold, "localization box: keep map values >= threshold * max")
       ->check(real_number(0, 1))->capture_default_str();
-  return {&ex->common, [ex] { return run_explain(*ex); }};
+  add_detection_flags(explain, ex->detection);
+  return {&ex->common, [ex, explain] {
+            prepare_detection(*explain, ex->detection, ex->common, ex->methods);
+            return run_explain(*ex);
+          }};
 }
 
 }  // namespace gradcam_cli

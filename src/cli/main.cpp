@@ -61,6 +61,7 @@ int run_parsed(const Subcommand& cmd) {
                 << " cores; using " << cores << "\n";
     }
     at::set_num_threads(threads > 0 ? std::min(threads, cores) : cores);
+    for (const auto& library : cmd.common->ops_libraries) gradcam::load_operators(library);
     return cmd.run();
   } catch (const gradcam::Error& e) {
     say() << "error: " << for_the_command(e.what()) << "\n";
