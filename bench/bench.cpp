@@ -4,6 +4,7 @@
 //   gradcam_bench --model resnet50.pt [--layer layer4] [--batch 1] [--size 224] [--threads 2]
 //                 [--repeat 20] [--warmup 3] [--device cpu|cuda] [--no-guided]
 //                 [--methods all|gradcam++,scorecam,...] [--perturbation-batch 64]
+//   gradcam_bench --model detector.pt --boxes 1,5,20 [--ops-library PATH] [--layer auto] ...
 //
 // forward_ms: module.forward under torch::NoGradGuard (the user's own module, as an application
 // would run it). gradcam_ms: GradCAM::compute (forward, partial backward to the layer, map).
@@ -11,6 +12,10 @@
 // --methods adds one row per CAM method (GradCAM with that method alone; Score-CAM and Ablation-CAM
 // are timed once, they run one forward pass per channel), each with its own interleaved forward
 // baseline, and a row for all gradient methods computed together from one forward pass.
+// --boxes explains a torchvision detector (forward(List[Tensor])) instead: per K, Grad-CAM of its
+// K best boxes (score threshold 0), each with its own interleaved forward baseline, so that the
+// cost of one more box is the slope (docs/performance.md, "Detectors"). Images are uniform noise
+// in [0, 1] of --size x --size.
 // Uses only the public API.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -23,6 +28,7 @@
 #include <cstdlib>
 #include <functional>
 #include <iostream>
+#include <sstream>
 #include <string>
 #include <vector>
 
@@ -42,13 +48,15 @@ struct Args {
   bool guided = true;
   std::vector<std::string> methods;
   int64_t perturbation_batch = 64;
+  std::vector<int64_t> boxes;  // detection: the box counts to time
+  std::string ops_library;
 };
 
 [[noreturn]] void usage(const std::string& why) {
   std::cerr << "gradcam_bench: " << why
             << "\nusage: gradcam_bench --model PATH [--layer NAME] [--batch N] [--size S] "
                "[--threads T] [--repeat R] [--warmup W] [--device cpu|cuda] [--no-guided]\n"
-               "       [--methods all|NAME,NAME...] [--perturbation-batch B]\n";
+               "       [--methods all|NAME,NAME...] [--perturbation-batch B] [--boxes K,K...] [--ops-library PATH]\n";
   std::exit(2);
 }
 
@@ -77,6 +85,11 @@ Args parse(int argc, char** argv) {
     else if (k == "--device") a.device = value();
     else if (k == "--no-guided") a.guided = false;
     else if (k == "--perturbation-batch") a.perturbation_batch = number();
+    else if (k == "--ops-library") a.ops_library = value();
+    else if (k == "--boxes") {
+      std::stringstream list(value());
+      for (std::string item; std::getline(list, item, ',');) a.boxes.push_back(std::stoll(item));
+    }
     else if (k == "--methods") {
       std::string v = value();
       if (v == "all") {
@@ -103,18 +116,61 @@ double median(std::vector<double> v) {
   return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
 }
 
+using Timer = std::function<double(const std::function<void()>&)>;
+
+/// --boxes: a detector's forward against Grad-CAM of its K best boxes, for each K.
+int detection_bench(const Args& args, torch::jit::Module& module, const c10::Device& device, const Timer& time_ms) {
+  const at::Tensor x = at::rand({args.batch, 3, args.size, args.size}, at::TensorOptions().device(device));
+  c10::List<at::Tensor> images;
+  for (const at::Tensor& image : x.unbind(0)) images.push_back(image);
+  auto forward = [&] {
+    c10::NoGradGuard no_grad;
+    (void)module.forward({images});
+  };
+  gradcam::GradCAM cam(module, gradcam::GradCAMOptions(args.layer).probe_shape({1, 3, args.size, args.size}));
+  std::printf("{\"model\": \"%s\", \"layer\": \"%s\", \"batch\": %lld, \"size\": %lld, \"threads\": %d, "
+              "\"repeat\": %d, \"boxes\": {", args.model.c_str(), cam.layers().front().c_str(),
+              static_cast<long long>(args.batch), static_cast<long long>(args.size), args.threads, args.repeat);
+  for (size_t i = 0; i < args.boxes.size(); ++i) {
+    const auto target = gradcam::detection::boxes(
+        gradcam::detection::DetectionOptions().score_threshold(0).max_boxes(args.boxes[i]));
+    auto call = [&] { (void)cam.compute(x, target); };
+    for (int w = 0; w < args.warmup; ++w) call();
+    std::vector<double> tf, tm;
+    for (int r = 0; r < args.repeat; ++r) {
+      tf.push_back(time_ms(forward));
+      tm.push_back(time_ms(call));
+    }
+    const double f = median(tf), m = median(tm);
+    std::printf("%s\"%lld\": {\"forward_ms\": %.3f, \"gradcam_ms\": %.3f, \"ratio\": %.3f}", i ? ", " : "",
+                static_cast<long long>(args.boxes[i]), f, m, m / f);
+    std::fflush(stdout);
+  }
+  std::printf("}}\n");
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) try {
   const Args args = parse(argc, argv);
   at::set_num_threads(args.threads);
   const c10::Device device(args.device);
+  if (!args.ops_library.empty()) gradcam::load_operators(args.ops_library);
   auto module = gradcam::load_model(args.model, device);
   const at::Tensor x = at::randn({args.batch, 3, args.size, args.size}, at::TensorOptions().device(device));
   const bool cuda = device.is_cuda();
   auto sync = [&] {
     if (cuda) torch::cuda::synchronize();
   };
+  const Timer time_ms = [&](const std::function<void()>& f) {
+    sync();
+    const auto t0 = std::chrono::steady_clock::now();
+    f();
+    sync();
+    return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+  };
+  if (!args.boxes.empty()) return detection_bench(args, module, device, time_ms);
 
   gradcam::GradCAM cam(module, gradcam::GradCAMOptions(args.layer));
   gradcam::GradCAM guided(module, gradcam::GradCAMOptions(args.layer).guided(gradcam::GuidedMode::guided));
@@ -126,13 +182,6 @@ int main(int argc, char** argv) try {
   auto gradcam_call = [&] { (void)cam.compute(x); };
   auto guided_call = [&] { (void)guided.compute(x); };
 
-  auto time_ms = [&](const std::function<void()>& f) {
-    sync();
-    const auto t0 = std::chrono::steady_clock::now();
-    f();
-    sync();
-    return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
-  };
   for (int i = 0; i < args.warmup; ++i) {
     forward();
     gradcam_call();
