@@ -52,7 +52,7 @@ std::vector<TorchvisionImage> torchvision_images(const c10::IValue& out) {
                 "with 'boxes', 'scores' and 'labels', or a (losses, detections) tuple); for a dense output choose "
                 "the layout yolo-nxbx(5+c) or yolo-nx(4+c)xb");
   std::vector<TorchvisionImage> images;
-  for (const c10::IValue& item : list.toList()) {
+  for (const c10::IValue& item : list.toListRef()) {  // not the c10::List: its proxies "dangle" to GCC 14
     GRADCAM_CHECK(item.isGenericDict(), "the model's detections are a list of ", item.tagKind(),
                   ", not of dicts with 'boxes', 'scores' and 'labels'");
     const auto d = item.toGenericDict();

@@ -36,7 +36,7 @@ std::vector<at::Tensor> detection_scores(const c10::IValue& out) {
   const c10::IValue list = out.isTuple() && out.toTuple()->elements().size() == 2 ? out.toTuple()->elements()[1] : out;
   if (!list.isList()) return {};
   std::vector<at::Tensor> scores;
-  for (const c10::IValue& item : list.toList()) {
+  for (const c10::IValue& item : list.toListRef()) {  // not the c10::List: its proxies "dangle" to GCC 14
     if (!item.isGenericDict()) return {};
     bool found = false;
     for (const auto& kv : item.toGenericDict()) {

@@ -600,4 +600,69 @@ TEST_CASE("explain --task detection: a record and a map per box, equal to the li
   count = 0;
   for (std::string line; std::getline(yolo_records, line); ++count) CHECK(json::parse(line)["task"] == "detection");
   CHECK(count == 2);
+  // no box above the threshold: a record saying so, and the run succeeds
+  const std::string none = tmpdir("detection_none");
+  r = run(cli() + " explain --task detection --model " + frcnn + " --ops-library " + ops + " --image " + img +
+          " --score-threshold 0.99 --quiet --out " + none);
+  CHECK(r.code == 0);
+  std::ifstream none_records(none + "/records.jsonl");
+  std::string line;
+  REQUIRE(std::getline(none_records, line));
+  CHECK(json::parse(line)["boxes"] == 0);
+  CHECK_THAT(json::parse(line)["note"].get<std::string>(), Contains("no detection has a score >= 0.99 in any image"));
+}
+
+TEST_CASE("eval-loc --task detection: the pointing game per box against VOC boxes", "[cli][detection][localize]") {
+  const std::string ops = env("GRADCAM_TORCHVISION_OPS");
+  const std::string frcnn = test::fixture("det_frcnn.pt");
+  const std::string img = demo("test/0002_five.png");
+  // the maps and boxes, from the library
+  gradcam::load_operators(ops);
+  auto module = gradcam::load_model(frcnn);
+  const at::Tensor x = gradcam::to_tensor(gradcam::load_image(img),
+                                          gradcam::Preprocess().resize(0).crop(0).mean({0, 0, 0}).std({1, 1, 1}));
+  gradcam::GradCAM cam(module, gradcam::GradCAMOptions("backbone.body.16"));
+  const auto options = gradcam::detection::DetectionOptions().score_threshold(0).max_boxes(3);
+  const auto res = cam.compute(x, gradcam::detection::boxes(options));
+  const auto found = gradcam::detection::detect(*res.output, options).front();
+  REQUIRE(found.size() == 3);
+  // each box as the pixels it covers (the image is the input: 64x64, no resize)
+  auto pixels = [](const gradcam::detection::Detection& d) {
+    auto c = [](double v) { return std::max(0, std::min(63, static_cast<int>(v))); };
+    return gradcam::Box{c(std::floor(d.x0)), c(std::floor(d.y0)), c(std::ceil(d.x1) - 1), c(std::ceil(d.y1) - 1)};
+  };
+  // one true box: the first detection's, of its class (VOC: 1-based)
+  const gradcam::Box truth = pixels(found[0]);
+  const std::string dir = tmpdir("eval_loc_detection");
+  fs::create_directories(dir + "/xml");
+  std::ofstream(dir + "/xml/a.xml") << "<annotation><filename>" << fs::path(img).filename().string()
+                                   << "</filename><object><name>" << found[0].label << "</name><bndbox><xmin>"
+                                   << truth.x0 + 1 << "</xmin><ymin>" << truth.y0 + 1 << "</ymin><xmax>"
+                                   << truth.x1 + 1 << "</xmax><ymax>" << truth.y1 + 1 << "</ymax></bndbox></object>"
+                                   << "</annotation>\n";
+  int own = 0, matched = 0, in_truth = 0;
+  for (size_t j = 0; j < found.size(); ++j) {
+    const at::Tensor up = gradcam::upsample(res.get("backbone.body.16", static_cast<int64_t>(j)).map[0][0], {64, 64});
+    const int64_t flat = up.argmax().item<int64_t>();
+    const int px = static_cast<int>(flat % 64), py = static_cast<int>(flat / 64);
+    auto in = [&](const gradcam::Box& b) { return px >= b.x0 && px <= b.x1 && py >= b.y0 && py <= b.y1; };
+    own += in(pixels(found[j]));
+    if (found[j].label == found[0].label && gradcam::iou(pixels(found[j]), truth) >= 0.5) {
+      ++matched;
+      in_truth += in(truth);
+    }
+  }
+  Run r = run(cli() + " eval-loc --task detection --model " + frcnn + " --ops-library " + ops + " --annotations " +
+              dir + "/xml --images " + fs::path(img).parent_path().string() + " --score-threshold 0 --max-boxes 3 "
+              "--tolerance 0 --quiet --threads " + std::to_string(at::get_num_threads()) + " --report " + dir + "/r.json");
+  INFO(r.out);
+  REQUIRE(r.code == 0);
+  const json rep = json::parse(std::ifstream(dir + "/r.json"));
+  CHECK(rep["boxes"] == 3);
+  CHECK(rep["layer"] == "backbone.body.16");
+  CHECK(rep["pointing_own_box"].get<double>() == Approx(own / 3.0));
+  CHECK(rep["matched"] == matched);
+  CHECK(matched >= 1);
+  CHECK(rep["pointing_true_box"].get<double>() == Approx(static_cast<double>(in_truth) / matched));
+  CHECK(rep["per_class"][std::to_string(found[0].label)]["boxes"].get<int>() >= 1);
 }

@@ -23,6 +23,7 @@
 #include "batches.hpp"
 #include "commands.hpp"
 #include "common.hpp"
+#include "explain_detection.hpp"
 #include "image_sets.hpp"
 
 namespace gradcam_cli {
@@ -42,6 +43,7 @@ struct EvalArgs {
   bool by_box_area = false;
   int tolerance = 15;
   std::string method = "gradcam";
+  DetectionFlags detection;
 };
 
 json metrics_json(const gradcam::LocMetrics& m) {
@@ -278,7 +280,13 @@ Subcommand add_eval_loc(CLI::App* eval) {
   eval->add_flag("--largest-by-box-area", ev->by_box_area, "choose the component with the largest box, not the most pixels");
   eval->add_option("--tolerance", ev->tolerance, "pointing game tolerance in pixels")->check(whole_number(0))->capture_default_str();
   eval->add_option("--method", ev->method, "gradcam or counterfactual")->check(CLI::IsMember({"gradcam", "counterfactual"}))->capture_default_str();
-  return {&ev->common, [ev] { return run_eval_loc(*ev); }};
+  add_detection_flags(eval, ev->detection);
+  return {&ev->common, [ev, eval] {
+            prepare_detection(*eval, ev->detection, ev->common, {ev->method});
+            if (!ev->detection.on()) return run_eval_loc(*ev);
+            return run_eval_loc_detection(
+                {ev->common, ev->detection, ev->annotations, ev->images_dir, ev->report, ev->tolerance});
+          }};
 }
 
 }  // namespace gradcam_cli

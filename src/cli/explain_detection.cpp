@@ -1,6 +1,8 @@
 // src/cli/explain_detection.cpp: `gradcam explain --task detection` (explain_detection.hpp).
 #include "explain_detection.hpp"
 
+#include "image_sets.hpp"
+
 #include <algorithm>
 #include <cmath>
 #include <filesystem>
@@ -40,7 +42,8 @@ void prepare_detection(const CLI::App& app, const DetectionFlags& f, Common& com
                   "or eigencam, not '", m, "'");
   }
   for (const char* flag : {"--class", "--topk"}) {
-    GRADCAM_CHECK(app.get_option(flag)->count() == 0, flag, " chooses classes of a classifier; with --task detection "
+    const CLI::Option* o = app.get_option_no_throw(flag);
+    GRADCAM_CHECK(o == nullptr || o->count() == 0, flag, " chooses classes of a classifier; with --task detection "
                   "use --classes, --score-threshold and --max-boxes");
   }
   if (app.get_option("--resize")->count() == 0) common.resize = 0;
@@ -49,17 +52,20 @@ void prepare_detection(const CLI::App& app, const DetectionFlags& f, Common& com
   if (app.get_option("--std")->count() == 0) common.std = {1, 1, 1};
 }
 
-gradcam::Target detection_target(const DetectionFlags& f) {
-  return det::boxes(det::DetectionOptions()
-                        .layout(det::layout_from_name(f.layout))
-                        .score_threshold(f.score_threshold)
-                        .max_boxes(f.max_boxes)
-                        .classes(f.classes));
+det::DetectionOptions detection_options(const DetectionFlags& f) {
+  return det::DetectionOptions()
+      .layout(det::layout_from_name(f.layout))
+      .score_threshold(f.score_threshold)
+      .max_boxes(f.max_boxes)
+      .classes(f.classes);
 }
 
-namespace {
+gradcam::Target detection_target(const DetectionFlags& f) { return det::boxes(detection_options(f)); }
 
-/// A detection's box (continuous input coordinates) as the image pixels it covers (inclusive).
+bool is_no_box_error(const gradcam::Error& e) {
+  return std::string(e.what()).rfind("no detection", 0) == 0;  // detection.cpp's no_box()
+}
+
 gradcam::Box image_box(const det::Detection& d, const gradcam::Geometry& g) {
   auto clamp = [](double v, int size) { return std::max(0, std::min(size - 1, static_cast<int>(v))); };
   gradcam::Box b;
@@ -69,6 +75,8 @@ gradcam::Box image_box(const det::Detection& d, const gradcam::Geometry& g) {
   b.y1 = std::max(b.y0, clamp(std::ceil((d.y1 + g.crop_y) / g.scale_y) - 1, g.image_height));
   return b;
 }
+
+namespace {
 
 std::string caption(const BoxWriter& w, const det::Detection& d) {
   const std::string name = w.labels.name(d.label);
@@ -81,11 +89,7 @@ std::string caption(const BoxWriter& w, const det::Detection& d) {
 
 std::vector<json> explain_boxes(const BoxWriter& w, const gradcam::GradCAMResult& r, const LoadedImage& im,
                                 int64_t n, const std::string& stem) {
-  const auto found = det::detect(*r.output, det::DetectionOptions()
-                                                .layout(det::layout_from_name(w.flags.layout))
-                                                .score_threshold(w.flags.score_threshold)
-                                                .max_boxes(w.flags.max_boxes)
-                                                .classes(w.flags.classes))[static_cast<size_t>(n)];
+  const auto found = det::detect(*r.output, detection_options(w.flags))[static_cast<size_t>(n)];
   const gradcam::Geometry& g = im.geometry;
   const std::string first = w.methods.front();
   cv::Mat combined = cv::Mat::zeros(im.image.size(), CV_32F);  // every box's first map, in its box
@@ -130,7 +134,7 @@ std::vector<json> explain_boxes(const BoxWriter& w, const gradcam::GradCAMResult
   }
   if (found.empty()) {  // another image of the batch has boxes; this one has none to explain
     records.push_back({{"image", im.path}, {"task", "detection"}, {"boxes", 0},
-                       {"note", "no box scores >= " + std::to_string(w.flags.score_threshold)}});
+                       {"note", "no box has a score >= " + fmt(w.flags.score_threshold, 3)}});
     return records;
   }
   cv::Mat all = gradcam::overlay(im.image, combined, w.colormap, w.alpha);

@@ -35,8 +35,16 @@ void add_detection_flags(CLI::App* app, DetectionFlags& f);
 void prepare_detection(const CLI::App& app, const DetectionFlags& f, Common& common,
                        const std::vector<std::string>& methods);
 
-/// The target: every box the flags select, one rank each.
+/// The library's options from the flags, and the target: every box they select, one rank each.
+gradcam::detection::DetectionOptions detection_options(const DetectionFlags& f);
 gradcam::Target detection_target(const DetectionFlags& f);
+
+/// True for the error of a batch in which no image has a box above the threshold: its images are
+/// explained with no box, not skipped.
+bool is_no_box_error(const gradcam::Error& e);
+
+/// A detection's box (continuous input coordinates) as the image pixels it covers (inclusive).
+gradcam::Box image_box(const gradcam::detection::Detection& d, const gradcam::Geometry& g);
 
 /// What explain_boxes() writes with.
 struct BoxWriter {
@@ -54,5 +62,15 @@ struct BoxWriter {
 /// its box) with the boxes drawn. Returns the records, one per box, layer and method.
 std::vector<nlohmann::json> explain_boxes(const BoxWriter& w, const gradcam::GradCAMResult& r,
                                           const LoadedImage& im, int64_t n, const std::string& stem);
+
+/// `eval-loc --task detection` (eval_loc_detection.cpp): the pointing game per detected box.
+struct DetectionLocArgs {
+  const Common& common;
+  const DetectionFlags& flags;
+  std::string annotations, images_dir, report;
+  int tolerance = 15;
+  double iou = 0.5;  ///< a detection matches a true box of its class with IoU >= this
+};
+int run_eval_loc_detection(const DetectionLocArgs& a);
 
 }  // namespace gradcam_cli
