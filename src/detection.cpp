@@ -151,13 +151,28 @@ std::vector<Detection> select(std::vector<Detection> all, const DetectionOptions
   return out;
 }
 
-/// The differentiable score of detection d of image n.
-at::Tensor score_of(const c10::IValue& out, Layout layout, int64_t n, const Detection& d) {
-  if (layout == Layout::torchvision) return torchvision_images(out)[static_cast<size_t>(n)].scores[d.index];
-  const at::Tensor t = dense(out, layout);
-  if (layout == Layout::yolo_rows) return t[n][d.index][4] * t[n][d.index][5 + d.label];
-  return t[n][4 + d.label][d.index];
-}
+/// The differentiable score of detection d of image n, from an output parsed once per target
+/// call (not once per box).
+class ScoreReader {
+ public:
+  ScoreReader(const c10::IValue& out, Layout layout) : layout_(layout) {
+    if (layout == Layout::torchvision) {
+      images_ = torchvision_images(out);
+    } else {
+      dense_ = dense(out, layout);
+    }
+  }
+  at::Tensor operator()(int64_t n, const Detection& d) const {
+    if (layout_ == Layout::torchvision) return images_[static_cast<size_t>(n)].scores[d.index];
+    if (layout_ == Layout::yolo_rows) return dense_[n][d.index][4] * dense_[n][d.index][5 + d.label];
+    return dense_[n][4 + d.label][d.index];
+  }
+
+ private:
+  Layout layout_;
+  std::vector<TorchvisionImage> images_;
+  at::Tensor dense_;
+};
 
 std::string classes_str(const DetectionOptions& o) {
   if (o.classes().empty()) return "";
@@ -245,6 +260,7 @@ std::vector<std::vector<Detection>> detect(const c10::IValue& output, const Dete
 Target boxes(DetectionOptions options) {
   return Target::ranked([options](const c10::IValue& out) {
     const auto images = detect(out, options);
+    const ScoreReader score_of(out, options.layout());
     size_t ranks = 0;
     for (const auto& image : images) ranks = std::max(ranks, image.size());
     if (ranks == 0) no_box(out, options);
@@ -254,7 +270,7 @@ Target boxes(DetectionOptions options) {
     at::TensorOptions like;
     for (int64_t i = 0; i < n; ++i) {
       for (const Detection& d : images[static_cast<size_t>(i)]) {
-        rows[static_cast<size_t>(i)].push_back(score_of(out, options.layout(), i, d));
+        rows[static_cast<size_t>(i)].push_back(score_of(i, d));
         classes[i][static_cast<int64_t>(rows[static_cast<size_t>(i)].size()) - 1] = d.label;
         like = rows[static_cast<size_t>(i)].back().options();
       }
@@ -283,11 +299,12 @@ Target box(int64_t index, Layout layout) {
       return at::stack(scores);
     }
     const at::Tensor t = dense(out, layout);
+    const ScoreReader score_of(out, layout);
     const int64_t count = layout == Layout::yolo_rows ? t.size(1) : t.size(2);
     GRADCAM_CHECK(index < count, "box ", index, " is out of range: the output has ", count, " boxes (0..", count - 1, ")");
     for (int64_t n = 0; n < t.size(0); ++n) {
       Detection d = dense_candidates(t, layout, n)[static_cast<size_t>(index)];
-      scores.push_back(score_of(out, layout, n, d));
+      scores.push_back(score_of(n, d));
     }
     return at::stack(scores);
   });
@@ -298,13 +315,14 @@ Target class_total(int64_t cls, DetectionOptions options) {
   options.classes({cls});
   return Target::score([options, cls](const c10::IValue& out) {
     const auto images = detect(out, options);
+    const ScoreReader score_of(out, options.layout());
     std::vector<at::Tensor> scores;
     for (size_t n = 0; n < images.size(); ++n) {
       GRADCAM_CHECK(!images[n].empty(), "image ", n, " has no detection of class ", cls, " with a score >= ",
                     options.score_threshold());
-      at::Tensor total = score_of(out, options.layout(), static_cast<int64_t>(n), images[n].front());
+      at::Tensor total = score_of(static_cast<int64_t>(n), images[n].front());
       for (size_t j = 1; j < images[n].size(); ++j) {
-        total = total + score_of(out, options.layout(), static_cast<int64_t>(n), images[n][j]);
+        total = total + score_of(static_cast<int64_t>(n), images[n][j]);
       }
       scores.push_back(total);
     }
@@ -319,6 +337,7 @@ Target matching(Detection reference, double min_iou, DetectionOptions options) {
   options.classes({reference.label});
   return Target::score([reference, min_iou, options](const c10::IValue& out) {
     const auto images = detect(out, options);
+    const ScoreReader score_of(out, options.layout());
     std::vector<at::Tensor> scores;
     for (size_t n = 0; n < images.size(); ++n) {
       at::Tensor total;
@@ -327,7 +346,7 @@ Target matching(Detection reference, double min_iou, DetectionOptions options) {
         const double overlap = iou(d, reference);
         best = std::max(best, overlap);
         if (overlap < min_iou) continue;
-        const at::Tensor s = score_of(out, options.layout(), static_cast<int64_t>(n), d);
+        const at::Tensor s = score_of(static_cast<int64_t>(n), d);
         total = total.defined() ? total + s : s;
       }
       GRADCAM_CHECK(total.defined(), "image ", n, " has no detection of class ", reference.label, " with a score >= ",
