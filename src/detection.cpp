@@ -13,6 +13,7 @@
 
 #include <gradcam/error.hpp>
 
+#include "outputs.hpp"
 #include "util.hpp"
 
 namespace gradcam::detection {
@@ -32,40 +33,13 @@ constexpr LayoutRow kLayouts[] = {
     {Layout::yolo_columns, "yolo-nx(4+c)xb"},
 };
 
-/// One image's detections as a torchvision detector returns them.
-struct TorchvisionImage {
-  at::Tensor boxes, scores, labels;
-};
-
-at::Tensor entry(const c10::impl::GenericDict& d, const char* key, size_t image) {
-  for (const auto& kv : d) {
-    if (kv.key().isString() && kv.key().toStringRef() == key && kv.value().isTensor()) return kv.value().toTensor();
-  }
-  fail(concat("detections of image ", image, " have no tensor '", key,
-              "'; a torchvision detector gives 'boxes', 'scores' and 'labels'"));
-}
+using TorchvisionImage = detail::DetectorImage;
 
 std::vector<TorchvisionImage> torchvision_images(const c10::IValue& out) {
-  c10::IValue list = out;
-  if (out.isTuple() && out.toTuple()->elements().size() == 2) list = out.toTuple()->elements()[1];
-  GRADCAM_CHECK(list.isList(), "the model returns ", out.tagKind(), ", not torchvision's detections (a list of dicts "
-                "with 'boxes', 'scores' and 'labels', or a (losses, detections) tuple); for a dense output choose "
-                "the layout yolo-nxbx(5+c) or yolo-nx(4+c)xb");
-  std::vector<TorchvisionImage> images;
-  for (const c10::IValue& item : list.toListRef()) {  // not the c10::List: its proxies "dangle" to GCC 14
-    GRADCAM_CHECK(item.isGenericDict(), "the model's detections are a list of ", item.tagKind(),
-                  ", not of dicts with 'boxes', 'scores' and 'labels'");
-    const auto d = item.toGenericDict();
-    TorchvisionImage im{entry(d, "boxes", images.size()), entry(d, "scores", images.size()),
-                        entry(d, "labels", images.size())};
-    GRADCAM_CHECK(im.boxes.dim() == 2 && im.boxes.size(1) == 4 && im.scores.dim() == 1 &&
-                      im.labels.sizes() == im.scores.sizes() && im.boxes.size(0) == im.scores.size(0),
-                  "detections of image ", images.size(), " have boxes ", shape_str(im.boxes.sizes()), ", scores ",
-                  shape_str(im.scores.sizes()), " and labels ", shape_str(im.labels.sizes()),
-                  "; expected [D, 4], [D] and [D]");
-    images.push_back(im);
-  }
-  return images;
+  std::string why;
+  auto images = detail::torchvision_detections(out, &why);
+  if (!images) fail(why + "; for a dense output choose the layout yolo-nxbx(5+c) or yolo-nx(4+c)xb");
+  return std::move(*images);
 }
 
 /// A dense output [N, B, 5 + C] or [N, 4 + C, B] (the first element of a tuple, as some exports
@@ -194,7 +168,7 @@ std::string classes_str(const DetectionOptions& o) {
                     "); lower the score threshold");
     }
   }
-  fail(concat("no detection", classes_str(o), " has a score >= ", o.score_threshold(), " in any image: ", best));
+  throw NoDetection(concat("no detection", classes_str(o), " has a score >= ", o.score_threshold(), " in any image: ", best));
 }
 
 }  // namespace

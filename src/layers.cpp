@@ -81,16 +81,18 @@ std::string detector_stage(const Forward& forward, const std::vector<ProbeSlot>&
   c10::AutoGradMode grad_on(true);
   std::vector<bool> all(stages.size(), true);
   try {
-    const std::vector<at::Tensor> scores = detection_scores(forward.run(x, ctx));
+    const auto detections = torchvision_detections(forward.run(x, ctx));
+    if (!detections || detections->empty()) return slots[stages.back()].name;
+    const at::Tensor scores = detections->front().scores;
     std::vector<at::Tensor> leaves;
     for (size_t slot : stages) {
       if (ctx.captures[slot].empty()) return slots[stages.back()].name;
       leaves.push_back(ctx.captures[slot].front());
     }
-    const int64_t count = scores.empty() ? 0 : std::min<int64_t>(scores.front().size(0), 5);
-    if (count == 0 || !scores.front().requires_grad()) return slots[stages.back()].name;
+    const int64_t count = std::min<int64_t>(scores.size(0), 5);
+    if (count == 0 || !scores.requires_grad()) return slots[stages.back()].name;
     for (int64_t j = 0; j < count; ++j) {
-      const auto g = torch::autograd::grad({scores.front()[j]}, leaves, {}, true, false, /*allow_unused=*/true);
+      const auto g = torch::autograd::grad({scores[j]}, leaves, {}, true, false, /*allow_unused=*/true);
       for (size_t i = 0; i < g.size(); ++i) all[i] = all[i] && g[i].defined() && g[i].ne(0).any().item<bool>();
     }
   } catch (const std::exception&) {  // the probe could not run: the last stage

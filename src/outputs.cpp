@@ -5,6 +5,8 @@
 
 #include <gradcam/error.hpp>
 
+#include "util.hpp"
+
 namespace gradcam::detail {
 
 at::Tensor logits_of(const c10::IValue& out) {
@@ -26,28 +28,59 @@ at::Tensor logits_of(const c10::IValue& out) {
                 "); use Target::score to choose what to explain"));
   }
   if (out.isTensorList() && !out.toTensorList().empty()) return out.toTensorList().get(0);
-  GRADCAM_CHECK(detection_scores(out).empty(), "the model returns a detector's detections, not class scores; explain "
+  GRADCAM_CHECK(!torchvision_detections(out), "the model returns a detector's detections, not class scores; explain "
                 "its boxes with gradcam::detection::boxes() (gradcam explain --task detection)");
   fail(concat("the model returns ", out.tagKind(),
               ", not class scores; use Target::score to choose what to explain"));
 }
 
-std::vector<at::Tensor> detection_scores(const c10::IValue& out) {
-  const c10::IValue list = out.isTuple() && out.toTuple()->elements().size() == 2 ? out.toTuple()->elements()[1] : out;
-  if (!list.isList()) return {};
-  std::vector<at::Tensor> scores;
-  for (const c10::IValue& item : list.toListRef()) {  // not the c10::List: its proxies "dangle" to GCC 14
-    if (!item.isGenericDict()) return {};
-    bool found = false;
-    for (const auto& kv : item.toGenericDict()) {
-      if (kv.key().isString() && kv.key().toStringRef() == "scores" && kv.value().isTensor()) {
-        scores.push_back(kv.value().toTensor());
-        found = true;
-      }
-    }
-    if (!found) return {};
+namespace {
+
+/// The tensor under `key` in image `image`'s dict; undefined when there is none, and then `why`
+/// names the first key missing.
+at::Tensor entry(const c10::impl::GenericDict& d, const char* key, size_t image, std::string& why) {
+  for (const auto& kv : d) {
+    if (kv.key().isString() && kv.key().toStringRef() == key && kv.value().isTensor()) return kv.value().toTensor();
   }
-  return scores;
+  if (why.empty()) why = concat("detections of image ", image, " have no tensor '", key,
+               "'; a torchvision detector gives 'boxes', 'scores' and 'labels'");
+  return {};
+}
+
+}  // namespace
+
+std::optional<std::vector<DetectorImage>> torchvision_detections(const c10::IValue& out, std::string* why) {
+  std::string reason;
+  std::vector<DetectorImage> images;
+  const c10::IValue list = out.isTuple() && out.toTuple()->elements().size() == 2 ? out.toTuple()->elements()[1] : out;
+  if (!list.isList()) {
+    reason = concat("the model returns ", out.tagKind(), ", not torchvision's detections (a list of dicts with "
+                    "'boxes', 'scores' and 'labels', or a (losses, detections) tuple)");
+  }
+  if (reason.empty()) {
+    for (const c10::IValue& item : list.toListRef()) {  // not the c10::List: its proxies "dangle" to GCC 14
+      if (!item.isGenericDict()) {
+        reason = concat("the model's detections are a list of ", item.tagKind(),
+                        ", not of dicts with 'boxes', 'scores' and 'labels'");
+        break;
+      }
+      const auto d = item.toGenericDict();
+      const size_t n = images.size();
+      DetectorImage im{entry(d, "boxes", n, reason), entry(d, "scores", n, reason), entry(d, "labels", n, reason)};
+      if (!reason.empty()) break;
+      if (im.boxes.dim() != 2 || im.boxes.size(1) != 4 || im.scores.dim() != 1 ||
+          im.labels.sizes() != im.scores.sizes() || im.boxes.size(0) != im.scores.size(0)) {
+        reason = concat("detections of image ", n, " have boxes ", shape_str(im.boxes.sizes()), ", scores ",
+                        shape_str(im.scores.sizes()), " and labels ", shape_str(im.labels.sizes()),
+                        "; expected [D, 4], [D] and [D]");
+        break;
+      }
+      images.push_back(im);
+    }
+  }
+  if (reason.empty()) return images;
+  if (why != nullptr) *why = reason;
+  return std::nullopt;
 }
 
 }  // namespace gradcam::detail

@@ -4,6 +4,8 @@
 #include <ATen/core/Tensor.h>
 #include <ATen/core/ivalue.h>
 
+#include <optional>
+#include <string>
 #include <vector>
 
 namespace gradcam::detail {
@@ -12,8 +14,16 @@ namespace gradcam::detail {
 /// "out", the first of a tensor list); throws gradcam::Error naming what the output is.
 at::Tensor logits_of(const c10::IValue& out);
 
-/// Each image's detection scores when the output is a torchvision detector's (a list of dicts
-/// with "scores", alone or second in a (losses, detections) tuple); empty for any other output.
-std::vector<at::Tensor> detection_scores(const c10::IValue& out);
+/// One image's detections as a torchvision detector returns them: boxes [D, 4], scores [D],
+/// labels [D].
+struct DetectorImage {
+  at::Tensor boxes, scores, labels;
+};
+
+/// The detections of a torchvision detector's output (a list of dicts with "boxes", "scores" and
+/// "labels", alone or second in a (losses, detections) tuple), one per image. For any other
+/// output: nullopt, and why in *why when given. The one reader of that format (detect(), the
+/// detection targets, auto's detector probe, and logits_of's advice all use it).
+std::optional<std::vector<DetectorImage>> torchvision_detections(const c10::IValue& out, std::string* why = nullptr);
 
 }  // namespace gradcam::detail

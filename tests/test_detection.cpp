@@ -215,6 +215,8 @@ TEST_CASE("detection errors name the bad value", "[detection][errors]") {
   CHECK_THROWS_WITH(cam.compute(input, det::boxes(options().score_threshold(0.99))),
                     Catch::Matchers::StartsWith("no detection has a score >= 0.99 in any image: the highest score is ") &&
                         Catch::Matchers::EndsWith("; lower the score threshold"));
+  // typed, so that a caller going through many images can tell "no box" from a failure
+  CHECK_THROWS_AS(cam.compute(input, det::boxes(options().score_threshold(0.99))), det::NoDetection);
   CHECK_THROWS_WITH(cam.compute(input, det::boxes(options().score_threshold(0.99).classes({1, 2}))),
                     Catch::Matchers::StartsWith("no detection of class 1, 2 has a score >= 0.99 in any image"));
   CHECK_THROWS_WITH(cam.compute(input, det::box(64, yolo.layout)),

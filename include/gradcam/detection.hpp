@@ -23,6 +23,7 @@
 #include <vector>
 
 #include <gradcam/arg.hpp>
+#include <gradcam/error.hpp>
 #include <gradcam/grad_cam.hpp>
 
 namespace gradcam::detection {
@@ -70,9 +71,18 @@ class DetectionOptions {
 /// Throws gradcam::Error for an output that does not have the layout's form, naming its shape.
 std::vector<std::vector<Detection>> detect(const c10::IValue& output, const DetectionOptions& options = {});
 
+/// What compute() throws with boxes() when no image of the batch has a box to explain (none with a
+/// score above the threshold, or none of the chosen classes): a gradcam::Error whose message names
+/// the best score there is. A caller going through many images usually records the image as
+/// explained, with no box, and goes on.
+class NoDetection : public Error {
+ public:
+  using Error::Error;
+};
+
 /// One target rank per detection detect() selects: rank r explains the r-th detection of each
 /// image (GradCAMResult::classes has its label, ::scores its score; an image with fewer boxes has
-/// class -1 and a zero map there). compute() throws gradcam::Error when no image has a box. A box
+/// class -1 and a zero map there). compute() throws NoDetection when no image has a box. A box
 /// whose score does not depend on the layer (another FPN level's, say) while another image's box
 /// of its rank does has a zero LayerMap::map_signed there; with one image, compute() refuses it.
 Target boxes(DetectionOptions options = {});

@@ -293,15 +293,14 @@ void explain_batch(ExplainRun& run, const ImageBatch& batch, Progress& progress)
   try {
     r = run.cam->compute(x, run.target);
     if (run.deconv) rd = run.deconv->compute(x, run.target);
-  } catch (const gradcam::Error& e) {
-    if (run.a.detection.on() && is_no_box_error(e)) {  // explained: nothing above the threshold
-      for (const auto& im : batch.images) {
-        run.write({{"image", im.path}, {"task", "detection"}, {"boxes", 0}, {"note", e.what()}});
-      }
-      run.done += batch.images.size();
-      progress.update(run.done);
-      return;
+  } catch (const gradcam::detection::NoDetection& e) {  // explained: nothing above the threshold
+    for (const auto& im : batch.images) {
+      run.write({{"image", im.path}, {"task", "detection"}, {"boxes", 0}, {"note", e.what()}});
     }
+    run.done += batch.images.size();
+    progress.update(run.done);
+    return;
+  } catch (const gradcam::Error& e) {
     // A batch holds images of one shape: an input the network cannot take (a 1x1 image) fails
     // the batch. Skip and name them, and go on. The same error on the first batches, before any
     // success, comes from the settings, not the images: stop with it.

@@ -62,10 +62,6 @@ det::DetectionOptions detection_options(const DetectionFlags& f) {
 
 gradcam::Target detection_target(const DetectionFlags& f) { return det::boxes(detection_options(f)); }
 
-bool is_no_box_error(const gradcam::Error& e) {
-  return std::string(e.what()).rfind("no detection", 0) == 0;  // detection.cpp's no_box()
-}
-
 gradcam::Box image_box(const det::Detection& d, const gradcam::Geometry& g) {
   auto clamp = [](double v, int size) { return std::max(0, std::min(size - 1, static_cast<int>(v))); };
   gradcam::Box b;

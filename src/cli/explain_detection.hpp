@@ -39,10 +39,6 @@ void prepare_detection(const CLI::App& app, const DetectionFlags& f, Common& com
 gradcam::detection::DetectionOptions detection_options(const DetectionFlags& f);
 gradcam::Target detection_target(const DetectionFlags& f);
 
-/// True for the error of a batch in which no image has a box above the threshold: its images are
-/// explained with no box, not skipped.
-bool is_no_box_error(const gradcam::Error& e);
-
 /// A detection's box (continuous input coordinates) as the image pixels it covers (inclusive).
 gradcam::Box image_box(const gradcam::detection::Detection& d, const gradcam::Geometry& g);
 
