@@ -23,6 +23,7 @@ export GRADCAM_TEST_QUICK=1
 # test_errors and test_model load corrupt or too-new models on purpose; LibTorch leaks on that path
 # (see lsan.supp), and
 # matching the suppression needs full (slow) stack unwinding on malloc: only for that test.
-ASAN_OPTIONS="$ASAN_BASE" ctest --test-dir "$B" --output-on-failure -E '^(test_errors|test_model)$'
-ASAN_OPTIONS="$ASAN_BASE:fast_unwind_on_malloc=0" ctest --test-dir "$B" --output-on-failure -R '^(test_errors|test_model)$'
+J=${GRADCAM_TEST_JOBS:-2}  # two tests at a time, as scripts/test.sh says why
+ASAN_OPTIONS="$ASAN_BASE" ctest --test-dir "$B" --output-on-failure -j "$J" -E '^(test_errors|test_model)$'
+ASAN_OPTIONS="$ASAN_BASE:fast_unwind_on_malloc=0" ctest --test-dir "$B" --output-on-failure -j "$J" -R '^(test_errors|test_model)$'
 

@@ -40,10 +40,11 @@ echo "debian13: build $((SECONDS - t0)) s"
 # docs/reliability.md.
 QUARANTINE='_onednn$'
 t0=$SECONDS
+J="-j ${GRADCAM_TEST_JOBS:-2}"  # two tests at a time, as scripts/test.sh says why
 check=0
 d13_run "$ROOT" "python3 /src/scripts/lib/onednn_check.py" || check=$?
 if [ "$check" -eq 0 ]; then
-  d13_run "$ROOT" "ctest --test-dir /build --output-on-failure $*"
+  d13_run "$ROOT" "ctest --test-dir /build --output-on-failure $J $*"
 elif [ "$check" -ne 3 ]; then
   echo "debian13: scripts/lib/onednn_check.py failed (exit $check)"
   exit 1
@@ -51,8 +52,8 @@ else
   echo "debian13: WARNING: this LibTorch's oneDNN gives wrong float32 gradients on this CPU (PyTorch alone"
   echo "debian13: shows it, above). The [onednn] test cases (test_gradcam_onednn, test_model_onednn) run but"
   echo "debian13: cannot fail this leg."
-  d13_run "$ROOT" "ctest --test-dir /build --output-on-failure -E '$QUARANTINE' $*"
-  d13_run "$ROOT" "ctest --test-dir /build --output-on-failure -R '$QUARANTINE' $*" \
+  d13_run "$ROOT" "ctest --test-dir /build --output-on-failure $J -E '$QUARANTINE' $*"
+  d13_run "$ROOT" "ctest --test-dir /build --output-on-failure $J -R '$QUARANTINE' $*" \
     || echo "debian13: WARNING: quarantined test cases failed (above), as LibTorch's own gradients do here"
 fi
 echo "debian13: ctest $((SECONDS - t0)) s"
