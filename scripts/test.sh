@@ -14,5 +14,5 @@ cmake --build "$BUILD_DIR" -j "$(nproc)"
 # Two tests at a time (GRADCAM_TEST_JOBS): each already computes on every core through LibTorch's
 # threads, so more would only oversubscribe; two overlap one test's single-threaded parts (Python
 # exporting fixtures, loading models, writing images) with another's kernels. On the 2-core CI
-# machine this took the suite from about 610 s to about 330 s (docs/reliability.md).
+# machine this took the suite from 609 s to 378 s (docs/reliability.md).
 ctest --test-dir "$BUILD_DIR" --output-on-failure -j "${GRADCAM_TEST_JOBS:-2}" "$@"

@@ -145,7 +145,7 @@ Engine::Engine(const torch::jit::Module& m, GradCAMOptions opts) : options(std::
                 "GradCAMOptions names no layer");
   GRADCAM_CHECK(!options.methods().empty() || options.layers().empty(),
                 "GradCAMOptions::methods is empty; name at least one method (e.g. Method::gradcam)");
-  GRADCAM_CHECK(options.perturbation_batch() >= 1, "perturbation_batch must be >= 1, got ",
+  GRADCAM_CHECK(options.perturbation_batch() >= 0, "perturbation_batch must be >= 1 (or 0: automatic), got ",
                 options.perturbation_batch());
   for (size_t i = 0; i < options.methods().size(); ++i) {
     const Method m = options.methods()[i];

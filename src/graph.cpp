@@ -433,20 +433,6 @@ void infer_input(Rewrite& r) {
   }
 }
 
-/// Installs a CaptureContext for the current thread, restoring the previous one on exit.
-class ContextScope {
- public:
-  explicit ContextScope(CaptureContext* ctx) noexcept : previous_(current_context()) {
-    current_context() = ctx;
-  }
-  ~ContextScope() { current_context() = previous_; }
-  ContextScope(const ContextScope&) = delete;
-  ContextScope& operator=(const ContextScope&) = delete;
-
- private:
-  CaptureContext* previous_;
-};
-
 }  // namespace
 
 Forward::Forward(const torch::jit::Module& module, const RewriteSpec& spec) : module_(module) {

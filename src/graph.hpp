@@ -1,9 +1,10 @@
 // src/graph.hpp (private): the one place that rewrites TorchScript graphs.
 //
 // This uses LibTorch's internal JIT IR (torch/csrc/jit/ir), which has no stability promise: a
-// LibTorch upgrade should only touch graph.cpp and graph_ops.cpp. A Forward is a private copy of
-// module.forward (method graphs are shared by every module of one type, so they are never edited),
-// rewritten in seven steps, one function each in graph.cpp, numbered as in docs/architecture.md:
+// LibTorch upgrade should only touch graph.cpp, graph_split.cpp and graph_ops.cpp. A Forward is a
+// private copy of module.forward (method graphs are shared by every module of one type, so they
+// are never edited), rewritten in seven steps, one function each in graph.cpp, numbered as in
+// docs/architecture.md:
 //  1. resolve targets: every layer named exists (or is a "%value"), with close names if not;
 //  2. inline: the calls on the path down to each target layer are inlined, and after every call
 //     of a target a gradcam::capture node is inserted (probe mode: after every module call);
@@ -14,7 +15,8 @@
 //  6. replace activations: for guided gradients, ReLU / ReLU6 become gradcam::guided_act;
 //  7. infer input: what the first convolution expects, for clear input errors.
 // The graph is then compiled to interpreter Code and run directly (no graph executor, so no
-// profiling runs and no global executor settings).
+// profiling runs and no global executor settings). SplitForward (graph_split.cpp) cuts a copy of
+// the rewritten graph at a layer, for Ablation-CAM.
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -75,6 +77,20 @@ struct CaptureContext {
 /// The context the operators read on this thread (graph_ops.cpp); Forward::run installs it.
 CaptureContext*& current_context();
 
+/// Installs a CaptureContext for the current thread, restoring the previous one on exit.
+class ContextScope {
+ public:
+  explicit ContextScope(CaptureContext* ctx) noexcept : previous_(current_context()) {
+    current_context() = ctx;
+  }
+  ~ContextScope() { current_context() = previous_; }
+  ContextScope(const ContextScope&) = delete;
+  ContextScope& operator=(const ContextScope&) = delete;
+
+ private:
+  CaptureContext* previous_;
+};
+
 /// What to rewrite.
 struct RewriteSpec {
   std::vector<std::string> layers;  ///< module paths or "%value" names; capture slot i = layers[i]
@@ -134,10 +150,45 @@ class Forward {
   const std::vector<std::string>& untouched_activations() const { return facts_.untouched; }
 
  private:
+  friend class SplitForward;
   torch::jit::Module module_;
   std::shared_ptr<torch::jit::Graph> graph_;
   std::unique_ptr<torch::jit::Code> code_;
   RewriteFacts facts_;
+};
+
+/// A Forward cut in two at a layer's capture (graph_split.cpp): the first part runs the model up
+/// to the layer once; the second reruns only what follows the layer, on a batch of changed layer
+/// outputs, each of one sample (Ablation-CAM: one per channel). The second part reads the layer's
+/// output and every value of the first part that it uses: a value that depends on the input is
+/// a batch-first tensor, selected by sample; any other (parameters, constants) is passed as it
+/// is. make() gives nullptr where the forward cannot be cut so: a layer called more than once or
+/// inside a loop or branch, a list input, or a sample-dependent value that is not a tensor (an
+/// int read from x.size(0)) crossing the cut.
+class SplitForward {
+ public:
+  static std::unique_ptr<SplitForward> make(const Forward& forward, size_t slot);
+  ~SplitForward();
+
+  /// What the first part gave for a batch.
+  struct First {
+    std::vector<c10::IValue> crossing;  ///< the values the second part reads
+    at::Tensor layer_output;            ///< the layer's output, as its capture received it
+    int64_t batch = -1;                 ///< N; -1 when a batched value's rows are not the samples'
+  };
+  /// Runs the first part on `input` with `ctx` installed.
+  First first(const at::Tensor& input, CaptureContext& ctx) const;
+  /// Runs the second part: `layer_output` [len, ...] replaces the layer's output, and its row i
+  /// belongs to sample rows[i] of `f` (rows: a long tensor of len indices). Needs f.batch >= 0.
+  c10::IValue second(const First& f, const at::Tensor& rows, const at::Tensor& layer_output,
+                     CaptureContext& ctx) const;
+
+ private:
+  explicit SplitForward(const torch::jit::Module& module);
+  torch::jit::Module module_;
+  std::vector<bool> batched_;  ///< per crossing value: selected by sample
+  std::vector<c10::IValue> trailing_;
+  std::unique_ptr<torch::jit::Code> first_, second_;
 };
 
 /// Checks a model input against what the rewritten forward expects; throws gradcam::Error naming

@@ -8,6 +8,7 @@
 
 #include <gradcam/gradcam.hpp>
 
+#include "graph.hpp"  // src/, private: the forward cut at a layer
 #include "support.hpp"
 
 using gradcam::Method;
@@ -160,7 +161,7 @@ TEST_CASE("method names, bad method options", "[methods][errors]") {
                     test::Contains("methods is empty"));
   CHECK_THROWS_WITH(gradcam::GradCAM(toy, gradcam::GradCAMOptions("stem").methods({Method::gradcam, Method::gradcam})),
                     test::Contains("twice"));
-  CHECK_THROWS_WITH(gradcam::GradCAM(toy, gradcam::GradCAMOptions("stem").methods({Method::scorecam}).perturbation_batch(0)),
+  CHECK_THROWS_WITH(gradcam::GradCAM(toy, gradcam::GradCAMOptions("stem").methods({Method::scorecam}).perturbation_batch(-1)),
                     test::Contains("perturbation_batch"));
   gradcam::GradCAM sc(toy, gradcam::GradCAMOptions("stem").methods({Method::scorecam}));
   auto fn = [](const c10::IValue& out) { return out.toTensor().sum(1); };
@@ -206,4 +207,39 @@ TEST_CASE("fuse: mean and max of normalised, upsampled maps", "[methods]") {
   CHECK_THROWS_WITH(gradcam::fuse({}, gradcam::Fusion::mean, {2, 2}), test::Contains("at least one"));
   CHECK_THROWS_WITH(gradcam::fuse({m1, at::ones({2, 1, 2, 2})}, gradcam::Fusion::mean, {2, 2}),
                     test::Contains("batch"));
+}
+
+// Ablation-CAM reruns only what follows the layer, through the forward cut there
+// (src/graph_split.cpp); the maps above, equal to the reference, come through it on resnet18's
+// layer4 and the toy's stem, and through whole reruns on the toy's block, which runs twice.
+TEST_CASE("the forward cut at a layer gives the model's own output, sample by sample", "[methods][split]") {
+  using gradcam::detail::CaptureContext;
+  using gradcam::detail::SplitForward;
+  const test::Ref ref("methods_resnet18");
+  auto module = test::model("methods_resnet18");
+  module.to(at::kDouble);
+  const at::Tensor x = ref.get("input").to(at::kDouble);
+  gradcam::detail::RewriteSpec spec;
+  spec.layers = {"layer4"};
+  const gradcam::detail::Forward forward(module, spec);
+  const auto split = SplitForward::make(forward, 0);
+  REQUIRE(split != nullptr);
+  CaptureContext first_ctx(forward.slots(), CaptureContext::Mode::perturb);
+  const SplitForward::First first = split->first(x, first_ctx);
+  REQUIRE(first.batch == 2);
+  CHECK(first.layer_output.size(0) == 2);
+  CHECK(first.layer_output.size(1) == 512);  // layer4's channels
+  // samples out of order and repeated, as Ablation-CAM's batches of (sample, channel) are
+  const at::Tensor rows = at::tensor({1, 0, 1, 1}, at::kLong);
+  CaptureContext second_ctx(forward.slots(), CaptureContext::Mode::perturb);
+  const at::Tensor got = split->second(first, rows, first.layer_output.index_select(0, rows), second_ctx).toTensor();
+  c10::InferenceMode no_grad;
+  const at::Tensor want = module.forward({x}).toTensor().index_select(0, rows);  // the model's own forward
+  CHECK(test::rel_err(got, want) < 1e-12);
+
+  auto toy = test::model("methods_toy");
+  spec.layers = {"block", "stem"};
+  const gradcam::detail::Forward toy_forward(toy, spec);
+  CHECK(SplitForward::make(toy_forward, 0) == nullptr);  // block runs twice: no one place to cut
+  CHECK(SplitForward::make(toy_forward, 1) != nullptr);
 }

@@ -40,7 +40,7 @@ struct FaithArgs {
   int steps = 50;
   int sanity = 0;
   int limit = 0;
-  int perturbation_batch = 32;
+  int perturbation_batch = 0;
   std::string report = "eval_faith.json";
 };
 
@@ -314,7 +314,7 @@ Subcommand add_eval_faith(CLI::App* faith) {
   faith->add_option("--sanity", fa->sanity, "run the parameter-randomisation check on the first N images (0: off)")
       ->check(whole_number(0))->capture_default_str();
   faith->add_option("--limit", fa->limit, "use only the first N images (0: all)")->check(whole_number(0));
-  faith->add_option("--perturbation-batch", fa->perturbation_batch, "scorecam / ablationcam: perturbed images per forward pass")
+  faith->add_option("--perturbation-batch", fa->perturbation_batch, "scorecam / ablationcam: perturbed images per forward pass (0: 1 on the CPU, 32 on a GPU)")
       ->check(whole_number(1))->capture_default_str();
   faith->add_option("--report", fa->report, "JSON report to write")->capture_default_str();
   return {&fa->common, [fa] { return run_eval_faith(*fa); }};

@@ -41,7 +41,7 @@ struct ExplainArgs {
   Common common;
   std::vector<std::string> layers;
   std::string fuse;
-  int perturbation_batch = 32;
+  int perturbation_batch = 0;
   std::vector<std::string> images;
   std::string images_dir;
   std::vector<int64_t> classes;
@@ -379,7 +379,7 @@ Subcommand add_explain(CLI::App* explain) {
       ->capture_default_str();
   explain->add_option("--layers", ex->layers, "several target layers (instead of --layer): one map each, or one fused map with --fuse")->expected(1, -1);
   explain->add_option("--fuse", ex->fuse, "combine the normalised maps of the --layers: mean or max")->check(CLI::IsMember({"mean", "max"}));
-  explain->add_option("--perturbation-batch", ex->perturbation_batch, "scorecam / ablationcam: perturbed images per forward pass")
+  explain->add_option("--perturbation-batch", ex->perturbation_batch, "scorecam / ablationcam: perturbed images per forward pass (0: 1 on the CPU, 32 on a GPU)")
       ->check(whole_number(1))->capture_default_str();
   explain->add_option("--colormap", ex->colormap, "heatmap colours")->check(CLI::IsMember(gradcam::colormap_names()))->capture_default_str();
   explain->add_option("--alpha", ex->alpha, "heatmap opacity over the image")->check(real_number(0, 1))->capture_default_str();
