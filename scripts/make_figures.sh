@@ -2,6 +2,7 @@
 # Regenerates the figures and tables in docs/ from the demo model (after a build in ./build):
 #   docs/localization_boxes.png  Grad-CAM boxes (red) against ground truth (green), demo test split
 #   the eval-loc tables printed on stdout (pasted into docs/localization.md)
+#   docs/transformers_vit.png, docs/detection_digits.png (and the detector's pointing game, printed)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 G=${BUILD_DIR:-build}/gradcam
@@ -66,3 +67,30 @@ for i in ims:
 out.resize((out.width * 2 // 3, out.height * 2 // 3)).save(sys.argv[2], optimize=True)
 PY
 echo "wrote docs/transformers_vit.png"
+
+# docs/detection_digits.png: the demo detector (examples/demo/digits_detector.pt, a YOLO-style
+# grid detector, make_demo_detector.py) on four scenes of handwritten digits: every box above 0.5,
+# each with its own Grad-CAM map at backbone.stage4 (16x16) shown inside it; then the pointing
+# game per box on the 40 shipped scenes (printed, for docs/detection.md)
+S=$D/scenes
+mkdir -p "$TMP/det"
+"$G" explain --task detection --layout 'yolo-nxbx(5+c)' --model $D/digits_detector.pt --labels $D/labels.txt \
+  --image $S/scene_00.png $S/scene_01.png $S/scene_02.png $S/scene_03.png --resize 0 --crop 0 \
+  --layer backbone.stage4 --quiet --out "$TMP/det" > /dev/null
+/usr/bin/python3 - "$TMP/det" docs/detection_digits.png <<'PY'
+import glob, sys
+from PIL import Image
+ims = [Image.open(f).convert("RGB") for f in sorted(glob.glob(sys.argv[1] + "/*_boxes_gradcam.png"))]
+ims = [i.resize((i.width * 3, i.height * 3), Image.NEAREST) for i in ims]
+out = Image.new("RGB", (sum(i.width for i in ims) + 6 * (len(ims) - 1), max(i.height for i in ims)), "white")
+x = 0
+for i in ims:
+    out.paste(i, (x, 0))
+    x += i.width + 6
+out.save(sys.argv[2], optimize=True)
+PY
+echo "wrote docs/detection_digits.png"
+"$G" eval-loc --task detection --layout 'yolo-nxbx(5+c)' --model $D/digits_detector.pt --labels $D/labels.txt \
+  --annotations $S/annotations.csv --images $S --resize 0 --crop 0 --layer backbone.stage4 --quiet \
+  --report "$TMP/det_loc.json"
+/usr/bin/python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); print(json.dumps({k: v for k, v in r.items() if k != "records"}, indent=1))' "$TMP/det_loc.json"
