@@ -98,8 +98,10 @@ std::unique_ptr<SplitForward> SplitForward::make(const Forward& forward, size_t 
   // The second part: an input per crossing value and one for the layer's output, then the nodes
   // after the cut, cloned.
   auto second = std::make_shared<jit::Graph>();
-  for (Value* v : crossing) to_second[v] = second->addInput()->setType(v->type());
-  to_second[cut->output()] = second->addInput()->setType(cut->output()->type());
+  // copyMetadata (type and name) rather than the inline setType, whose cast to c10::DynamicType
+  // UBSan's vptr check cannot link against (LibTorch exports no typeinfo for it)
+  for (Value* v : crossing) to_second[v] = second->addInput()->copyMetadata(v);
+  to_second[cut->output()] = second->addInput()->copyMetadata(cut->output());
   auto map = [&](Value* v) { return to_second.at(v); };
   for (Node* n : after) {
     Node* c = second->insertNode(second->createClone(n, map));
