@@ -69,28 +69,33 @@ PY
 echo "wrote docs/transformers_vit.png"
 
 # docs/detection_digits.png: the demo detector (examples/demo/digits_detector.pt, a YOLO-style
-# grid detector, make_demo_detector.py) on four scenes of handwritten digits: every box above 0.5,
-# each with its own Grad-CAM map at backbone.stage4 (16x16) shown inside it; then the pointing
-# game per box on the 40 shipped scenes (printed, for docs/detection.md)
+# grid detector, make_demo_detector.py) on four scenes of handwritten digits. Row 1: every box
+# above 0.5, each with its own Grad-CAM map at backbone.stage4 (16x16) shown inside it. Rows 2 and
+# 3: the whole map of each scene's first box, by Grad-CAM and by HiResCAM. Then the pointing game
+# per box on the 40 shipped scenes (printed, for docs/detection.md)
 S=$D/scenes
+NORM="--mean 0.485 0.456 0.406 --std 0.229 0.224 0.225"  # as digits.pt; --task detection defaults to none
 mkdir -p "$TMP/det"
 "$G" explain --task detection --layout 'yolo-nxbx(5+c)' --model $D/digits_detector.pt --labels $D/labels.txt \
-  --image $S/scene_00.png $S/scene_01.png $S/scene_02.png $S/scene_03.png --resize 0 --crop 0 \
-  --layer backbone.stage4 --quiet --out "$TMP/det" > /dev/null
+  --image $S/scene_00.png $S/scene_01.png $S/scene_02.png $S/scene_03.png $NORM \
+  --layer backbone.stage4 --method gradcam hirescam --quiet --out "$TMP/det" > /dev/null
 /usr/bin/python3 - "$TMP/det" docs/detection_digits.png <<'PY'
 import glob, sys
 from PIL import Image
-ims = [Image.open(f).convert("RGB") for f in sorted(glob.glob(sys.argv[1] + "/*_boxes_gradcam.png"))]
-ims = [i.resize((i.width * 3, i.height * 3), Image.NEAREST) for i in ims]
-out = Image.new("RGB", (sum(i.width for i in ims) + 6 * (len(ims) - 1), max(i.height for i in ims)), "white")
-x = 0
-for i in ims:
-    out.paste(i, (x, 0))
-    x += i.width + 6
+d = sys.argv[1]
+rows = [sorted(glob.glob(d + "/*_boxes_gradcam.png")), sorted(glob.glob(d + "/*_box0_*_gradcam.png")),
+        sorted(glob.glob(d + "/*_box0_*_hirescam.png"))]
+rows = [[Image.open(f).convert("RGB") for f in r] for r in rows]
+rows = [[i.resize((i.width * 2, i.height * 2), Image.NEAREST) for i in r] for r in rows]
+w, h = rows[0][0].size
+out = Image.new("RGB", (4 * w + 18, 3 * h + 12), "white")
+for y, r in enumerate(rows):
+    for x, i in enumerate(r):
+        out.paste(i, (x * (w + 6), y * (h + 6)))
 out.save(sys.argv[2], optimize=True)
 PY
 echo "wrote docs/detection_digits.png"
 "$G" eval-loc --task detection --layout 'yolo-nxbx(5+c)' --model $D/digits_detector.pt --labels $D/labels.txt \
-  --annotations $S/annotations.csv --images $S --resize 0 --crop 0 --layer backbone.stage4 --quiet \
+  --annotations $S/annotations.csv --images $S $NORM --layer backbone.stage4 --quiet \
   --report "$TMP/det_loc.json"
 /usr/bin/python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); print(json.dumps({k: v for k, v in r.items() if k != "records"}, indent=1))' "$TMP/det_loc.json"
