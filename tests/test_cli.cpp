@@ -640,7 +640,8 @@ TEST_CASE("eval-loc --task detection: the pointing game per box against VOC boxe
   auto module = gradcam::load_model(yolo);
   const at::Tensor x = gradcam::to_tensor(gradcam::load_image(img),
                                           gradcam::Preprocess().resize(64).crop(64).mean({0, 0, 0}).std({1, 1, 1}));
-  gradcam::GradCAM cam(module, gradcam::GradCAMOptions("backbone.5"));
+  gradcam::GradCAM cam(module, gradcam::GradCAMOptions("backbone.5").methods({gradcam::Method::gradcam,
+                                                                              gradcam::Method::hirescam}));
   const auto options = gradcam::detection::DetectionOptions()
                            .layout(gradcam::detection::Layout::yolo_rows)
                            .score_threshold(0.1)
@@ -662,30 +663,40 @@ TEST_CASE("eval-loc --task detection: the pointing game per box against VOC boxe
                                    << truth.x0 + 1 << "</xmin><ymin>" << truth.y0 + 1 << "</ymin><xmax>"
                                    << truth.x1 + 1 << "</xmax><ymax>" << truth.y1 + 1 << "</ymax></bndbox></object>"
                                    << "</annotation>\n";
-  int own = 0, matched = 0, in_truth = 0;
-  for (size_t j = 0; j < found.size(); ++j) {
-    const at::Tensor up = gradcam::upsample(res.get("backbone.5", static_cast<int64_t>(j)).map[0][0], {64, 64});
-    const int64_t flat = up.argmax().item<int64_t>();
-    const int px = static_cast<int>(flat % 64), py = static_cast<int>(flat / 64);
-    auto in = [&](const gradcam::Box& b) { return px >= b.x0 && px <= b.x1 && py >= b.y0 && py <= b.y1; };
-    own += in(pixels(found[j]));
-    if (found[j].label == found[0].label && gradcam::iou(pixels(found[j]), truth) >= 0.5) {
-      ++matched;
-      in_truth += in(truth);
+  for (const gradcam::Method method : {gradcam::Method::gradcam, gradcam::Method::hirescam}) {
+    const std::string name = gradcam::method_name(method);
+    INFO("--method " << name);
+    int own = 0, matched = 0, in_truth = 0;
+    for (size_t j = 0; j < found.size(); ++j) {
+      const at::Tensor up = gradcam::upsample(res.get("backbone.5", static_cast<int64_t>(j), 0, method).map[0][0], {64, 64});
+      const int64_t flat = up.argmax().item<int64_t>();
+      const int px = static_cast<int>(flat % 64), py = static_cast<int>(flat / 64);
+      auto in = [&](const gradcam::Box& b) { return px >= b.x0 && px <= b.x1 && py >= b.y0 && py <= b.y1; };
+      own += in(pixels(found[j]));
+      if (found[j].label == found[0].label && gradcam::iou(pixels(found[j]), truth) >= 0.5) {
+        ++matched;
+        in_truth += in(truth);
+      }
     }
+    Run r = run(cli() + " eval-loc --task detection --layout 'yolo-nxbx(5+c)' --model " + yolo + " --layer backbone.5 "
+                "--resize 64 --crop 64 --annotations " + dir + "/xml --images " + fs::path(img).parent_path().string() +
+                " --score-threshold 0.1 --max-boxes 3 --tolerance 0 --quiet --threads " +
+                std::to_string(at::get_num_threads()) + " --method " + name + " --report " + dir + "/r.json");
+    INFO(r.out);
+    REQUIRE(r.code == 0);
+    const json rep = json::parse(std::ifstream(dir + "/r.json"));
+    CHECK(rep["boxes"] == 3);
+    CHECK(rep["layer"] == "backbone.5");
+    CHECK(rep["method"] == name);
+    CHECK(rep["pointing_own_box"].get<double>() == Approx(own / 3.0));
+    CHECK(rep["matched"] == matched);
+    CHECK(matched >= 1);
+    CHECK(rep["pointing_true_box"].get<double>() == Approx(static_cast<double>(in_truth) / matched));
+    CHECK(rep["per_class"][std::to_string(found[0].label)]["boxes"].get<int>() >= 1);
   }
-  Run r = run(cli() + " eval-loc --task detection --layout 'yolo-nxbx(5+c)' --model " + yolo + " --layer backbone.5 "
-              "--resize 64 --crop 64 --annotations " + dir + "/xml --images " + fs::path(img).parent_path().string() +
-              " --score-threshold 0.1 --max-boxes 3 --tolerance 0 --quiet --threads " +
-              std::to_string(at::get_num_threads()) + " --report " + dir + "/r.json");
-  INFO(r.out);
-  REQUIRE(r.code == 0);
-  const json rep = json::parse(std::ifstream(dir + "/r.json"));
-  CHECK(rep["boxes"] == 3);
-  CHECK(rep["layer"] == "backbone.5");
-  CHECK(rep["pointing_own_box"].get<double>() == Approx(own / 3.0));
-  CHECK(rep["matched"] == matched);
-  CHECK(matched >= 1);
-  CHECK(rep["pointing_true_box"].get<double>() == Approx(static_cast<double>(in_truth) / matched));
-  CHECK(rep["per_class"][std::to_string(found[0].label)]["boxes"].get<int>() >= 1);
+  // without --task detection, eval-loc's own two
+  Run bad = run(cli() + " eval-loc --model " + yolo + " --annotations " + dir + "/xml --method hirescam --quiet");
+  CHECK(bad.code != 0);
+  CHECK_THAT(bad.out, Contains("eval-loc takes --method gradcam or counterfactual, not 'hirescam' (other methods with "
+                               "--task detection)"));
 }

@@ -279,13 +279,19 @@ Subcommand add_eval_loc(CLI::App* eval) {
   eval->add_option("--connectivity", ev->connectivity, "4 or 8")->check(CLI::IsMember({4, 8}))->capture_default_str();
   eval->add_flag("--largest-by-box-area", ev->by_box_area, "choose the component with the largest box, not the most pixels");
   eval->add_option("--tolerance", ev->tolerance, "pointing game tolerance in pixels")->check(whole_number(0))->capture_default_str();
-  eval->add_option("--method", ev->method, "gradcam or counterfactual")->check(CLI::IsMember({"gradcam", "counterfactual"}))->capture_default_str();
+  eval->add_option("--method", ev->method, "gradcam or counterfactual; with --task detection gradcam, gradcam++, "
+                   "xgradcam, hirescam, layercam or eigencam")->capture_default_str();
   add_detection_flags(eval, ev->detection);
   return {&ev->common, [ev, eval] {
             prepare_detection(*eval, ev->detection, ev->common, {ev->method});
-            if (!ev->detection.on()) return run_eval_loc(*ev);
+            if (!ev->detection.on()) {
+              GRADCAM_CHECK(ev->method == "gradcam" || ev->method == "counterfactual",
+                            "eval-loc takes --method gradcam or counterfactual, not '", ev->method,
+                            "' (other methods with --task detection)");
+              return run_eval_loc(*ev);
+            }
             return run_eval_loc_detection(
-                {ev->common, ev->detection, ev->annotations, ev->images_dir, ev->report, ev->tolerance});
+                {ev->common, ev->detection, ev->annotations, ev->images_dir, ev->report, ev->method, ev->tolerance});
           }};
 }
 

@@ -44,7 +44,8 @@ struct DetectionLocRun {
       : a(args), device(a.common.device), module(gradcam::load_model(a.common.model, device)),
         annotations(gradcam::read_annotations(a.annotations, a.images_dir)) {
     if (!a.common.labels.empty()) labels = gradcam::Labels::read(a.common.labels);
-    cam = std::make_unique<gradcam::GradCAM>(module, cam_options(a.common, {a.common.layer}));
+    cam = std::make_unique<gradcam::GradCAM>(
+        module, cam_options(a.common, {a.common.layer}).methods({gradcam::method_from_name(a.method)}));
   }
 
   /// The true box of the detection's class that overlaps it most, if IoU >= a.iou.
@@ -68,7 +69,8 @@ struct DetectionLocRun {
     if (found.empty()) ++without_boxes;
     const std::vector<int64_t> size = {im.geometry.input_height, im.geometry.input_width};
     for (size_t j = 0; j < found.size(); ++j) {
-      const at::Tensor up = gradcam::upsample(r.get(cam->layers().front(), static_cast<int64_t>(j)).map[n][0], size);
+      const at::Tensor map = r.get(cam->layers().front(), static_cast<int64_t>(j), 0, gradcam::method_from_name(a.method)).map;
+      const at::Tensor up = gradcam::upsample(map[n][0], size);
       const int64_t flat = up.argmax().item<int64_t>();
       const gradcam::Box peak = im.geometry.to_image({static_cast<int>(flat % size[1]), static_cast<int>(flat / size[1]),
                                                       static_cast<int>(flat % size[1]), static_cast<int>(flat / size[1])});
@@ -102,7 +104,7 @@ struct DetectionLocRun {
     json classes = json::object();
     for (const auto& [c, p] : per_class) classes[labels.name(c)] = p.to_json();
     rep.update({{"task", "detection"}, {"per_class", classes}, {"model", a.common.model},
-                {"layer", cam->layers().front()}, {"annotations", a.annotations}, {"images", annotations.size()},
+                {"layer", cam->layers().front()}, {"method", a.method}, {"annotations", a.annotations}, {"images", annotations.size()},
                 {"unreadable", unreadable}, {"images_without_boxes", without_boxes},
                 {"score_threshold", a.flags.score_threshold}, {"max_boxes", a.flags.max_boxes},
                 {"layout", a.flags.layout}, {"match_iou", a.iou}, {"pointing_tolerance", a.tolerance},
@@ -125,9 +127,9 @@ int run_eval_loc_detection(const DetectionLocArgs& a) {
   const json report = run.report(std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count());
   write_atomically(a.report, report.dump(2) + "\n");
   auto pct = [](const json& v) { return v.is_null() ? std::string("-") : fmt(100 * v.get<double>(), 1); };
-  std::printf("pointing game at %s: %lld boxes, %s%% in their own box; %lld matched a true box, %s%% in it "
+  std::printf("pointing game of %s at %s: %lld boxes, %s%% in their own box; %lld matched a true box, %s%% in it "
               "(report: %s)\n",
-              report["layer"].get<std::string>().c_str(), static_cast<long long>(run.all.boxes),
+              a.method.c_str(), report["layer"].get<std::string>().c_str(), static_cast<long long>(run.all.boxes),
               pct(report["pointing_own_box"]).c_str(), static_cast<long long>(run.all.matched),
               pct(report["pointing_true_box"]).c_str(), a.report.c_str());
   if (g_interrupted) return 130;

@@ -64,6 +64,7 @@ struct DetectionLocArgs {
   const Common& common;
   const DetectionFlags& flags;
   std::string annotations, images_dir, report;
+  std::string method = "gradcam";  ///< the CAM method whose maps point (prepare_detection checked it)
   int tolerance = 15;
   double iou = 0.5;  ///< a detection matches a true box of its class with IoU >= this
 };
