@@ -78,7 +78,6 @@ std::unique_ptr<SplitForward> SplitForward::make(const Forward& forward, size_t 
   std::vector<Value*> read;
   for (Node* n : after) values_read(n, read);
   read.insert(read.end(), g->outputs().begin(), g->outputs().end());
-  const std::set<Node*> later(after.begin(), after.end());
   const std::set<Value*> dependent = input_dependent(*g, cut);
   auto split = std::unique_ptr<SplitForward>(new SplitForward(forward.module_));
   std::map<Value*, Value*> to_second;
