@@ -2,6 +2,7 @@
 // function each, numbered the same); the operators it inserts are in graph_ops.cpp.
 // docs/architecture.md has the why.
 #include "graph.hpp"
+#include "graph_ir.hpp"
 
 #include <ATen/ATen.h>
 #include <torch/csrc/jit/api/function_impl.h>
@@ -31,45 +32,12 @@ using jit::Value;
 
 namespace {
 
-const c10::Symbol kCapture = c10::Symbol::fromQualString("gradcam::capture");
-const c10::Symbol kGuidedAct = c10::Symbol::fromQualString("gradcam::guided_act");
-
-void collect_nodes(jit::Block* block, std::vector<Node*>& out) {
-  for (Node* n : block->nodes()) {
-    out.push_back(n);
-    for (jit::Block* b : n->blocks()) collect_nodes(b, out);
-  }
-}
-
-std::vector<Node*> all_nodes(jit::Graph& g) {
-  std::vector<Node*> out;
-  collect_nodes(g.block(), out);
-  return out;
-}
-
-/// The module path of a module-typed value: the chain of prim::GetAttr from `self`.
-std::optional<std::string> module_path(Value* v, Value* self) {
-  std::vector<std::string> parts;
-  while (v != self) {
-    Node* n = v->node();
-    if (n->kind() != c10::prim::GetAttr) return std::nullopt;
-    parts.push_back(n->s(c10::attr::name));
-    v = n->input(0);
-  }
-  std::string path;
-  for (auto it = parts.rbegin(); it != parts.rend(); ++it) {
-    if (!path.empty()) path += '.';
-    path += *it;
-  }
-  return path;
-}
-
-bool is_forward_name(const std::string& name) {
-  if (name.rfind("forward", 0) != 0) return false;
-  return std::all_of(name.begin() + 7, name.end(), [](char c) { return c >= '0' && c <= '9'; });
-}
-
-bool is_tensor(Value* v) { return v->type()->isSubtypeOf(*c10::TensorType::get()); }
+using ir::all_nodes;
+using ir::is_forward_name;
+using ir::is_tensor;
+using ir::module_path;
+using ir::kCapture;
+using ir::kGuidedAct;
 
 /// Replaces a prim::CallMethod node by the body of the method it calls (unoptimised graph, so the
 /// calls inside stay visible as calls).

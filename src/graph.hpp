@@ -1,7 +1,7 @@
 // src/graph.hpp (private): the one place that rewrites TorchScript graphs.
 //
 // This uses LibTorch's internal JIT IR (torch/csrc/jit/ir), which has no stability promise: a
-// LibTorch upgrade should only touch graph.cpp, graph_split.cpp and graph_ops.cpp. A Forward is a
+// LibTorch upgrade should only touch graph*.cpp and graph_ir.hpp. A Forward is a
 // private copy of module.forward (method graphs are shared by every module of one type, so they
 // are never edited), rewritten in seven steps, one function each in graph.cpp, numbered as in
 // docs/architecture.md:

@@ -14,6 +14,7 @@
 #include <gradcam/error.hpp>
 
 #include "graph.hpp"
+#include "graph_ir.hpp"
 
 namespace gradcam::detail {
 
@@ -23,10 +24,8 @@ using jit::Value;
 
 namespace {
 
-const c10::Symbol kCapture = c10::Symbol::fromQualString("gradcam::capture");
-
 bool is_capture_of(Node* n, size_t slot) {
-  if (n->kind() != kCapture) return false;
+  if (n->kind() != ir::kCapture) return false;
   const auto s = jit::constant_as<int64_t>(n->input(1));
   return s.has_value() && *s == static_cast<int64_t>(slot);
 }
@@ -62,13 +61,11 @@ std::unique_ptr<SplitForward> SplitForward::make(const Forward& forward, size_t 
   // The cut: the layer's one capture, outside any loop or branch (so it runs once per forward).
   Node* cut = nullptr;
   int captures = 0;
-  std::vector<Node*> stack(g->block()->nodes().begin(), g->block()->nodes().end());
-  for (size_t i = 0; i < stack.size(); ++i) {
-    if (is_capture_of(stack[i], slot)) {
+  for (Node* n : ir::all_nodes(*g)) {
+    if (is_capture_of(n, slot)) {
       ++captures;
-      cut = stack[i];
+      cut = n;
     }
-    for (jit::Block* b : stack[i]->blocks()) stack.insert(stack.end(), b->nodes().begin(), b->nodes().end());
   }
   if (captures != 1 || cut->owningBlock() != g->block()) return nullptr;
 
@@ -88,7 +85,7 @@ std::unique_ptr<SplitForward> SplitForward::make(const Forward& forward, size_t 
     if (!before || to_second.count(v)) continue;  // made after the cut, or inside one of its nodes
     // a sample-dependent value that is not a batch-first tensor (x.size(0) as an int, a list of
     // tensors) cannot be cut down to the perturbed samples' rows: no split
-    if (dependent.count(v) && !v->type()->isSubtypeOf(*c10::TensorType::get())) return nullptr;
+    if (dependent.count(v) && !ir::is_tensor(v)) return nullptr;
     split->batched_.push_back(dependent.count(v) > 0);
     crossing.push_back(v);
     to_second[v] = nullptr;  // filled below
