@@ -26,7 +26,7 @@ $PY bench/export_model.py $B/resnet50.pt resnet50 2>&1 | tail -1
 # DEVICE=cpu QUICK=1 checks every step on a machine without a GPU (tiny batch, few repeats)
 DEVICE=${DEVICE:-cuda}
 if [ "${QUICK:-0}" = 1 ]; then R1=2; R64=1; BIG=4; W=1; else R1=50; R64=10; BIG=64; W=10; fi
-run_bench() { $B/bench/gradcam_bench --model $B/resnet50.pt --device "$DEVICE" --threads 4 --warmup $W "$@"; }
+run_bench() { $B/bench/gradcam_bench --model $B/resnet50.pt --layer layer4 --device "$DEVICE" --threads 4 --warmup $W "$@"; }
 run_bench --batch 1 --repeat $R1 | tee "$OUT/bench_b1.json"
 run_bench --batch $BIG --repeat $R64 --no-guided | tee "$OUT/bench_b64.json"
 $PY - "$OUT" "$CARD" "$TORCH_VERSION" <<'PYEOF'
@@ -39,4 +39,8 @@ print("| --- | --- | --- | --- | --- |")
 print(f"| Grad-CAM, batch 1 | {b1['forward_ms']:.2f} | {b1['gradcam_ms']:.2f} | {b1['ratio']:.2f} | {b1['gradcam_images_per_s']:.0f} |")
 print(f"| Guided Grad-CAM, batch 1 | {b1['forward_ms']:.2f} | {b1['guided_gradcam_ms']:.2f} | {b1['guided_ratio']:.2f} | |")
 print(f"| Grad-CAM, batch {b64['batch']} | {b64['forward_ms']:.2f} | {b64['gradcam_ms']:.2f} | {b64['ratio']:.2f} | {b64['gradcam_images_per_s']:.0f} |")
+for b in (b1, b64):  # each mode in its own process: GPU memory in use after its calls (bench_core.cpp)
+    mem = b.get("memory", {})
+    print(f"memory at batch {b['batch']} ({mem.get('kind', b.get('memory_note', 'not measured'))}): " +
+          ", ".join(f"{k} {v['peak_mib']:.0f} MiB ({v['peak_ratio']:.2f}x)" for k, v in mem.items() if k != "kind"))
 PYEOF

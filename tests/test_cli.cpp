@@ -700,3 +700,64 @@ TEST_CASE("eval-loc --task detection: the pointing game per box against VOC boxe
   CHECK_THAT(bad.out, Contains("eval-loc takes --method gradcam or counterfactual, not 'hirescam' (other methods with "
                                "--task detection)"));
 }
+
+TEST_CASE("bench: times each mode against the forward, and each mode's peak memory in its own process", "[cli][bench]") {
+  const std::string m = cli() + " bench --model " + demo("digits.pt") + " --size 64 --repeat 3 --warmup 1 ";
+  Run j = run(m + "--methods gradcam++ --json", false);
+  REQUIRE(j.code == 0);
+  const json r = json::parse(j.out);
+  CHECK(r["layer"] == "block3");  // auto resolved, as `layers` marks it
+  CHECK(r["batch"] == 1);
+  const double f = r["forward_ms"], g = r["gradcam_ms"], gg = r["guided_gradcam_ms"];
+  CHECK(f > 0);
+  // the printed ratios are the printed times' (3 decimals each)
+  CHECK(std::abs(r["ratio"].get<double>() - g / f) < 2e-3 * (1 + g / f));
+  CHECK(std::abs(r["guided_ratio"].get<double>() - gg / f) < 2e-3 * (1 + gg / f));
+  for (const char* method : {"gradcam++", "all_gradient_methods"}) {
+    INFO(method);
+    const json& row = r["methods"][method];
+    CHECK(std::abs(row["ratio"].get<double>() - row["ms"].get<double>() / row["forward_ms"].get<double>()) < 2e-2);
+  }
+  REQUIRE(r["memory"]["kind"] == "rss");
+  for (const char* mode : {"forward", "gradcam", "guided_gradcam", "gradcam++", "all_gradient_methods"}) {
+    INFO(mode);
+    const json& mem = r["memory"][mode];
+    CHECK(mem["before_mib"].get<double>() > 1);  // LibTorch and the model are resident
+    CHECK(mem["peak_mib"].get<double>() >= mem["before_mib"].get<double>());
+  }
+
+  // A forward must hold at once the input and the largest layer output (shapes from `layers`,
+  // independent of the bench): at batch 64 its peak rises above batch 1's by at least those.
+  Run b64 = run(m + "--batch 64 --no-guided --json", false);
+  REQUIRE(b64.code == 0);
+  const json r64 = json::parse(b64.out);
+  const double input_mib = 64.0 * 3 * 64 * 64 * 4 / (1 << 20);
+  Run l = run(cli() + " layers --model " + demo("digits.pt") + " --size 64 64 --json", false);
+  REQUIRE(l.code == 0);
+  double largest = 0;
+  for (const json& layer : json::parse(l.out)["layers"]) {
+    double n = 1;
+    for (const json& d : layer["shape"]) n *= d.get<double>();
+    largest = std::max(largest, n);
+  }
+  const double largest_mib = 63.0 * largest * 4 / (1 << 20);  // 63 more samples, float32
+  const double rise = r64["memory"]["forward"]["peak_mib"].get<double>() - r["memory"]["forward"]["peak_mib"].get<double>();
+  INFO("rise " << rise << " MiB, input " << input_mib << " MiB, largest output " << largest_mib << " MiB");
+  CHECK(rise >= input_mib + largest_mib);
+
+  Run t = run(m + "--no-memory --no-guided -q");
+  REQUIRE(t.code == 0);
+  CHECK_THAT(t.out, Contains("| mode | ms | forward ms | ratio | images/s |") && Contains("| forward | ") &&
+                        Contains("| gradcam | ") && !Contains("peak"));
+
+  for (const auto& [args, message] : std::vector<std::pair<std::string, std::string>>{
+           {"--methods gradcan", "--methods: gradcan not in {gradcam,gradcam++"},
+           {"--boxes 0", "--boxes: 0 is out of range; give a whole number >= 1"},
+           {"--layer block9", "did you mean 'block1', 'block2', 'block3'"},
+           {"--boxes 2 --methods eigencam", "--boxes times Grad-CAM only; leave out --methods"}}) {
+    INFO(args);
+    Run bad = run(m + args);
+    CHECK(bad.code != 0);
+    CHECK_THAT(bad.out, Contains(message));
+  }
+}

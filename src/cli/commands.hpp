@@ -28,5 +28,6 @@ Subcommand add_eval_loc(CLI::App* sub);    // eval_loc.cpp
 Subcommand add_eval_faith(CLI::App* sub);  // eval_faith.cpp
 Subcommand add_diagnose(CLI::App* sub);    // diagnose.cpp
 Subcommand add_compare(CLI::App* sub);     // compare.cpp
+Subcommand add_bench(CLI::App* sub);       // bench.cpp
 
 }  // namespace gradcam_cli

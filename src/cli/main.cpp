@@ -21,6 +21,7 @@
 #include <gradcam/gradcam.hpp>
 
 #include "commands.hpp"
+#include "malloc_policy.hpp"
 #include "common.hpp"
 
 namespace gradcam_cli {
@@ -48,6 +49,10 @@ const CommandRow kCommands[] = {
      "two models' Grad-CAM side by side for the same class, with their rank correlation and the IoU of their "
      "localization boxes",
      add_compare},
+    {"bench",
+     "time Grad-CAM and the other methods against the model's plain forward, interleaved, with each mode's peak "
+     "memory",
+     add_bench},
 };
 
 /// Runs the parsed subcommand with its thread count; errors become one "gradcam: error:" line.
@@ -75,6 +80,7 @@ int run_parsed(const Subcommand& cmd) {
 }  // namespace
 
 int gradcam_main(int argc, char** argv, bool parse_only) {
+  if (!parse_only) apply_malloc_policy();  // malloc_policy.hpp says why
   CLI::App app{"gradcam: Grad-CAM, Guided Grad-CAM and friends for TorchScript models (version " +
                std::string(gradcam::version) + ")"};
   app.require_subcommand(1);
