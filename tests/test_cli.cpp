@@ -750,6 +750,23 @@ TEST_CASE("bench: times each mode against the forward, and each mode's peak memo
   CHECK_THAT(t.out, Contains("| mode | ms | forward ms | ratio | images/s |") && Contains("| forward | ") &&
                         Contains("| gradcam | ") && !Contains("peak"));
 
+  // --images: plain inference over a folder, every image counted once
+  size_t files = 0;
+  for (const auto& e : fs::directory_iterator(demo("images"))) files += e.path().extension() == ".png";
+  Run p = run(cli() + " bench --model " + demo("digits.pt") + " --images " + demo("images") +
+              " --batch 4 --resize 0 --crop 0 --json", false);
+  REQUIRE(p.code == 0);
+  const json pj = json::parse(p.out);
+  CHECK(pj["images"] == files);
+  CHECK(pj["unreadable"] == 0);
+  CHECK(pj["images_per_s"].get<double>() > 0);
+  // explain's last line gives its own rate, the figure scripts/folder_throughput.sh compares
+  Run e = run(cli() + " explain --model " + demo("digits.pt") + " --images " + demo("images") +
+              " --batch 4 --resize 0 --crop 0 --out " + tmpdir("bench_explain"));
+  REQUIRE(e.code == 0);
+  CHECK_THAT(e.out, Contains("gradcam: explained " + std::to_string(files) + " image(s) at layer 'block3' in ") &&
+                        Contains(" images/s; wrote "));
+
   for (const auto& [args, message] : std::vector<std::pair<std::string, std::string>>{
            {"--methods gradcan", "--methods: gradcan not in {gradcam,gradcam++"},
            {"--boxes 0", "--boxes: 0 is out of range; give a whole number >= 1"},

@@ -22,7 +22,7 @@ ImageBatches::ImageBatches(std::vector<std::string> paths, const Common& common)
       preprocess_(preprocess_of(common)),
       batch_(static_cast<size_t>(std::max(common.batch, 1))),
       max_pixels_(common.max_pixels) {
-  pending_ = std::async(std::launch::async, [this] { return read(); });
+  pending_ = reader_.submit([this] { return read(); });
 }
 
 ImageBatches::~ImageBatches() {
@@ -32,7 +32,7 @@ ImageBatches::~ImageBatches() {
 bool ImageBatches::next(ImageBatch& batch) {
   if (!pending_.valid()) return false;
   batch = pending_.get();  // rethrows what the reader could not handle
-  if (cursor_ < paths_.size() || held_) pending_ = std::async(std::launch::async, [this] { return read(); });
+  if (cursor_ < paths_.size() || held_) pending_ = reader_.submit([this] { return read(); });
   return !batch.images.empty() || !batch.unreadable.empty();
 }
 

@@ -6,11 +6,16 @@
 #include <ATen/ATen.h>
 #include <opencv2/core.hpp>
 
+#include <condition_variable>
 #include <cstddef>
+#include <deque>
 #include <functional>
 #include <future>
+#include <memory>
+#include <mutex>
 #include <optional>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include <gradcam/gradcam.hpp>
@@ -48,6 +53,60 @@ struct ImageBatch {
   size_t say_unreadable(const std::string& lead) const;
 };
 
+/// One long-lived thread that runs the tasks given to it one at a time, in order. The command's
+/// reader and writer use it rather than std::async, which starts a thread per task: each new
+/// thread that runs a LibTorch op builds its own OpenMP team, and on the demo model a thread per
+/// batch halved explain's images/s (docs/performance.md, "Folder throughput"). The destructor runs
+/// what is queued, then joins.
+class Worker {
+ public:
+  Worker() : thread_([this] { loop(); }) {}
+  ~Worker() {
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      stop_ = true;
+    }
+    wake_.notify_one();
+    thread_.join();
+  }
+  Worker(const Worker&) = delete;
+  Worker& operator=(const Worker&) = delete;
+
+  /// Queues `f`; its result (or exception) comes through the future.
+  template <class F>
+  auto submit(F f) -> std::future<decltype(f())> {
+    auto task = std::make_shared<std::packaged_task<decltype(f())()>>(std::move(f));
+    auto result = task->get_future();
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      tasks_.push_back([task] { (*task)(); });
+    }
+    wake_.notify_one();
+    return result;
+  }
+
+ private:
+  void loop() {
+    for (;;) {
+      std::function<void()> task;
+      {
+        std::unique_lock<std::mutex> lock(mutex_);
+        wake_.wait(lock, [this] { return stop_ || !tasks_.empty(); });
+        if (tasks_.empty()) return;  // stopping, and nothing left
+        task = std::move(tasks_.front());
+        tasks_.pop_front();
+      }
+      task();
+    }
+  }
+
+  std::mutex mutex_;
+  std::condition_variable wake_;
+  std::deque<std::function<void()>> tasks_;
+  bool stop_ = false;
+  std::thread thread_;  // last: starts once the rest is made
+};
+
 /// Reads a run's images batch by batch (Common's --batch, preprocessing and --max-pixels). While
 /// the caller runs the network on one batch, the next is decoded on another thread. An image
 /// whose input shape differs from the batch's starts the next batch. Not copyable; the destructor
@@ -72,6 +131,7 @@ class ImageBatches {
   size_t cursor_ = 0;                 // the next path to read
   std::optional<LoadedImage> held_;   // read, but of another shape than the last batch
   std::future<ImageBatch> pending_;
+  Worker reader_;  // last: destroyed first, after the read in flight
 };
 
 /// Runs `each` on every batch of `paths` that has readable images, in order, until the end or

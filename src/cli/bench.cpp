@@ -2,6 +2,7 @@
 // the model's plain forward timed in the same run, and each mode's peak memory. The measurement
 // is bench_core.cpp's (shared with bench/gradcam_bench); this file declares the flags and prints.
 #include <ATen/Parallel.h>
+#include <torch/csrc/jit/api/module.h>
 
 #include <CLI/CLI.hpp>
 
@@ -11,6 +12,7 @@
 
 #include <gradcam/gradcam.hpp>
 
+#include "batches.hpp"
 #include "bench_core.hpp"
 #include "commands.hpp"
 #include "common.hpp"
@@ -28,7 +30,36 @@ struct BenchArgs {
   bool no_memory = false;
   bool as_json = false;
   std::string memory_child;  ///< hidden: this process is one mode's memory child
+  std::string images;        ///< --images: plain inference over a folder instead (the baseline of explain's speed)
 };
+
+/// --images: the plain-inference loop an application would run over a folder, with explain's
+/// reader (the next batch decoded on another thread), preprocessing and batch, and no
+/// explanation: the baseline that scripts/folder_throughput.sh sets explain's images/s against.
+int plain_inference(const BenchArgs& a) {
+  Common c = a.common;
+  c.batch = static_cast<int>(a.bench.batch);
+  const c10::Device device(c.device);
+  auto module = gradcam::load_model(c.model, device);
+  const std::vector<std::string> paths = list_images(a.images);
+  InterruptGuard interrupt_guard;
+  Progress progress(paths.size(), !c.quiet && !a.as_json);
+  size_t unreadable = 0, done = 0;
+  for_each_batch(paths, c, "skipping ", unreadable, done, progress, [&](const ImageBatch& batch) {
+    c10::NoGradGuard no_grad;
+    const c10::IValue out = module.forward({batch.inputs(device)});
+    if (out.isTensor()) (void)out.toTensor().argmax(1).cpu();  // the classes an application reads
+    done += batch.images.size();
+  });
+  const double s = progress.seconds(), rate = static_cast<double>(done - unreadable) / s;
+  if (a.as_json) {
+    std::printf("{\"mode\": \"plain_inference\", \"images\": %zu, \"unreadable\": %zu, \"batch\": %d, "
+                "\"seconds\": %.3f, \"images_per_s\": %.2f}\n", done - unreadable, unreadable, c.batch, s, rate);
+  } else {
+    std::printf("plain inference: %zu image(s) %s\n", done - unreadable, progress.rate_str().c_str());
+  }
+  return 0;
+}
 
 void print_row(const gradcam_bench::Row& row) {
   char line[160];
@@ -59,6 +90,7 @@ int run_bench(BenchArgs& a) {
     o.relaunch.push_back(library);
   }
   if (!a.memory_child.empty()) return gradcam_bench::memory_child(o, a.memory_child);
+  if (!a.images.empty()) return plain_inference(a);
   const auto report = gradcam_bench::run(o, a.common.quiet || a.as_json ? nullptr : print_row);
   std::cout << (a.as_json ? gradcam_bench::to_json(report) : "\n" + gradcam_bench::to_table(report));
   return 0;
@@ -94,6 +126,11 @@ Subcommand add_bench(CLI::App* sub) {
       ->delimiter(',')->check(whole_number(1));
   sub->add_option("--ops-library", c.ops_libraries, "a library of TorchScript operators the model calls, loaded first")
       ->expected(1, -1)->check(CLI::ExistingFile);
+  sub->add_option("--images", a->images, "instead: time plain inference over the images of a folder, as explain reads "
+                  "them (--batch, --resize, --crop), and print images/s")->check(CLI::ExistingDirectory);
+  sub->add_option("--resize", c.resize, "--images: resize the shorter side to S pixels (0: keep)")
+      ->check(whole_number(0))->capture_default_str();
+  sub->add_option("--crop", c.crop, "--images: centre crop C x C (0: none)")->check(whole_number(0))->capture_default_str();
   sub->add_flag("--no-guided", a->no_guided, "leave out Guided Grad-CAM");
   sub->add_flag("--no-memory", a->no_memory, "leave out the peak memory (one child process per mode)");
   sub->add_flag("--json", a->as_json, "print the report as JSON");

@@ -185,21 +185,36 @@ class Progress {
     start_ = std::chrono::steady_clock::now();
   }
   void update(size_t done) {
+    done_ = done;
     if (!enabled_) return;
-    const double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count();
+    const double elapsed = seconds();
     const double eta = done > 0 ? elapsed / static_cast<double>(done) * static_cast<double>(total_ - done) : 0;
     const int width = 30;
     const int fill = static_cast<int>(width * done / std::max<size_t>(total_, 1));
-    std::fprintf(stderr, "\r[%s%s] %zu/%zu images  ETA %.0fs ", std::string(static_cast<size_t>(fill), '#').c_str(),
-                 std::string(static_cast<size_t>(width - fill), ' ').c_str(), done, total_, eta);
+    std::fprintf(stderr, "\r[%s%s] %zu/%zu images  %.1f images/s  ETA %.0fs ",
+                 std::string(static_cast<size_t>(fill), '#').c_str(),
+                 std::string(static_cast<size_t>(width - fill), ' ').c_str(), done, total_,
+                 elapsed > 0 ? static_cast<double>(done) / elapsed : 0.0, eta);
     if (done == total_) std::fprintf(stderr, "\n");
     std::fflush(stderr);
     progress_line_open() = done != total_;
+  }
+  /// Seconds since the run's first image was started.
+  double seconds() const {
+    return std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count();
+  }
+  /// "in 12.3 s, 24.4 images/s": the images done so far over the time since the start.
+  std::string rate_str() const {
+    const double s = seconds();
+    char buf[96];
+    std::snprintf(buf, sizeof buf, "in %.1f s, %.1f images/s", s, s > 0 ? static_cast<double>(done_) / s : 0.0);
+    return buf;
   }
 
  private:
   size_t total_;
   bool enabled_;
+  size_t done_ = 0;
   std::chrono::steady_clock::time_point start_;
 };
 

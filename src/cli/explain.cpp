@@ -190,6 +190,22 @@ struct ExplainRun {
     records.write(rec);
     if (a.json_lines) std::cout << rec.dump() << std::endl;
   }
+
+  /// The last batch's files and records, written on another thread while the network runs the
+  /// next batch (PNG encoding and writing cost about what a small model's forward does); it
+  /// returns how many of its images failed. Only that thread writes records while it runs.
+  std::future<size_t> writing;
+  size_t writing_images = 0;
+  Worker writer;  // last: destroyed first, after the batch being written
+
+  /// Waits for the batch being written (rethrowing what failed there) and counts its images.
+  void finish_writing(Progress& progress) {
+    if (!writing.valid()) return;
+    failed += writing.get();
+    done += writing_images;
+    writing_images = 0;
+    progress.update(done);
+  }
 };
 
 /// The CAM map [h,w] of `method` (a CAM method name) for image `n`, rank `rank`: of `out_layer`,
@@ -250,23 +266,17 @@ std::pair<json, json> explain_method(const ExplainRun& run, const gradcam::GradC
   return write_gradient(run, grad, lm, n, im, base);
 }
 
-/// Writes the files and records of image `n` of a batch: every rank, output layer and method.
-void explain_image(ExplainRun& run, const gradcam::GradCAMResult& r, const gradcam::GradCAMResult& rd,
-                   const at::Tensor& probs, const LoadedImage& im, int64_t n, const at::Tensor& x) {
+/// Writes the files of image `n` of a batch, named from `stem` (every rank, output layer and
+/// method), and returns its records. Runs on a writer thread: reads `run`, changes nothing in it.
+std::vector<json> explain_image(const ExplainRun& run, const gradcam::GradCAMResult& r,
+                                const gradcam::GradCAMResult& rd, const at::Tensor& probs, const LoadedImage& im,
+                                int64_t n, const at::Tensor& x, const std::string& stem) {
   const ExplainArgs& a = run.a;
-  if (const std::string why = nonfinite_reason(r, n); !why.empty()) {
-    say() << "skipping " << im.path << ": " << why << "\n";
-    run.write({{"image", im.path}, {"error", why}});
-    ++run.failed;
-    return;
-  }
-  std::string stem = fs::path(im.path).stem().string();
-  if (int k = run.stems[stem]++; k > 0) stem += "_" + std::to_string(k);
   if (a.detection.on()) {
     const BoxWriter w{a.detection, run.out_layers, a.methods, run.labels, a.out, run.colormap, a.alpha};
-    for (const auto& rec : explain_boxes(w, r, im, n, stem)) run.write(rec);
-    return;
+    return explain_boxes(w, r, im, n, stem);
   }
+  std::vector<json> records;
   for (int64_t rank = 0; rank < r.classes.size(1); ++rank) {
     const int64_t cls = r.classes[n][rank].item<int64_t>();
     for (const std::string& out_layer : run.out_layers) {
@@ -275,7 +285,7 @@ void explain_image(ExplainRun& run, const gradcam::GradCAMResult& r, const gradc
         std::replace(suffix.begin(), suffix.end(), '%', '_');
         const std::string base = (fs::path(a.out) / (stem + "_c" + std::to_string(cls) + "_" + method + suffix)).string();
         const auto [files, box] = explain_method(run, r, rd, method, out_layer, rank, im, n, x, base);
-        run.write({{"image", im.path}, {"class", cls}, {"label", run.labels.name(cls)}, {"rank", rank},
+        records.push_back({{"image", im.path}, {"class", cls}, {"label", run.labels.name(cls)}, {"rank", rank},
                    {"score", r.scores[n][rank].item<double>()},
                    {"prob", probs.defined() ? json(probs[n][cls].item<double>()) : json(nullptr)},
                    {"layer", a.fuse.empty() ? out_layer : "fused:" + a.fuse},
@@ -284,6 +294,28 @@ void explain_image(ExplainRun& run, const gradcam::GradCAMResult& r, const gradc
       }
     }
   }
+  return records;
+}
+
+/// Writes a batch's files and records, image by image (the records of every image written so
+/// far survive a failure); returns how many images were skipped. `stems[n]` is empty for an image
+/// whose maps are not finite (`why[n]` says why). (Writing images on several threads at once was
+/// slower on 2 cores: they compete with the network's threads.)
+size_t write_batch(ExplainRun& run, const ImageBatch& batch, const gradcam::GradCAMResult& r,
+                   const gradcam::GradCAMResult& rd, const at::Tensor& probs, const at::Tensor& x,
+                   const std::vector<std::string>& stems, const std::vector<std::string>& why) {
+  size_t skipped = 0;
+  for (size_t n = 0; n < batch.images.size(); ++n) {
+    const LoadedImage& im = batch.images[n];
+    if (!why[n].empty()) {
+      say() << "skipping " << im.path << ": " << why[n] << "\n";
+      run.write({{"image", im.path}, {"error", why[n]}});
+      ++skipped;
+      continue;
+    }
+    for (const auto& rec : explain_image(run, r, rd, probs, im, static_cast<int64_t>(n), x, stems[n])) run.write(rec);
+  }
+  return skipped;
 }
 
 /// Explains the images of one batch, or names them as skipped when the network refuses the batch.
@@ -294,6 +326,7 @@ void explain_batch(ExplainRun& run, const ImageBatch& batch, Progress& progress)
     r = run.cam->compute(x, run.target);
     if (run.deconv) rd = run.deconv->compute(x, run.target);
   } catch (const gradcam::detection::NoDetection& e) {  // explained: nothing above the threshold
+    run.finish_writing(progress);
     for (const auto& im : batch.images) {
       run.write({{"image", im.path}, {"task", "detection"}, {"boxes", 0}, {"note", e.what()}});
     }
@@ -304,6 +337,7 @@ void explain_batch(ExplainRun& run, const ImageBatch& batch, Progress& progress)
     // A batch holds images of one shape: an input the network cannot take (a 1x1 image) fails
     // the batch. Skip and name them, and go on. The same error on the first batches, before any
     // success, comes from the settings, not the images: stop with it.
+    run.finish_writing(progress);
     run.rejected.note(e.what(), run.done == run.failed);
     for (const auto& im : batch.images) say() << "skipping " << im.path << ": " << for_the_command(e.what()) << "\n";
     run.failed += batch.images.size();
@@ -311,6 +345,7 @@ void explain_batch(ExplainRun& run, const ImageBatch& batch, Progress& progress)
     progress.update(run.done);
     return;
   }
+  run.finish_writing(progress);
   if (!run.checked) {
     if (r.logits.defined()) check_label_count(run.labels, run.a.common.labels, r.logits.size(1));
     check_map_has_extent(run.module, r, x);
@@ -325,10 +360,18 @@ void explain_batch(ExplainRun& run, const ImageBatch& batch, Progress& progress)
     run.checked = true;
   }
   const at::Tensor probs = r.logits.defined() ? at::softmax(r.logits.to(at::kFloat), 1).cpu() : at::Tensor();
+  // stems here, in order, so that names do not depend on which writer thread comes first
+  std::vector<std::string> stems(batch.images.size()), why(batch.images.size());
   for (size_t n = 0; n < batch.images.size(); ++n) {
-    explain_image(run, r, rd, probs, batch.images[n], static_cast<int64_t>(n), x);
-    progress.update(++run.done);
+    why[n] = nonfinite_reason(r, static_cast<int64_t>(n));
+    if (!why[n].empty()) continue;
+    stems[n] = fs::path(batch.images[n].path).stem().string();
+    if (int k = run.stems[stems[n]]++; k > 0) stems[n] += "_" + std::to_string(k);
   }
+  run.writing_images = batch.images.size();
+  run.writing = run.writer.submit([&run, batch, r, rd, probs, x, stems, why] {
+    return write_batch(run, batch, r, rd, probs, x, stems, why);
+  });
 }
 
 int run_explain(const ExplainArgs& a) {
@@ -343,11 +386,12 @@ int run_explain(const ExplainArgs& a) {
   Progress progress(images.size(), !a.common.quiet);
   for_each_batch(images, a.common, "skipping ", run.failed, run.done, progress,
                  [&](const ImageBatch& batch) { explain_batch(run, batch, progress); });
+  run.finish_writing(progress);
   if (!a.json_lines && !a.common.quiet) {
     std::string names;
     for (const auto& l : run.cam->layers()) names += (names.empty() ? "'" : ", '") + l + "'";
-    std::cerr << "gradcam: explained " << (run.done - run.failed) << " image(s) at layer " << names << "; wrote "
-              << a.out << "\n";
+    std::cerr << "gradcam: explained " << (run.done - run.failed) << " image(s) at layer " << names << " "
+              << progress.rate_str() << "; wrote " << a.out << "\n";
   }
   if (g_interrupted) {
     std::cerr << "gradcam: interrupted after " << run.done << " of " << images.size() << " image(s); "
