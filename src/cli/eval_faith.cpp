@@ -107,7 +107,7 @@ struct FaithRun {
     }
     gradcam::GradCAMOptions opts = cam_options(a.common, cam_methods.empty() ? std::vector<std::string>{} : std::vector<std::string>{a.common.layer});
     if (!cam_methods.empty()) opts.methods(cam_methods);
-    opts.perturbation_batch(a.perturbation_batch).guided(guided ? gradcam::GuidedMode::guided : gradcam::GuidedMode::none);
+    opts.perturbation_batch(command_perturbation_batch(a.perturbation_batch)).guided(guided ? gradcam::GuidedMode::guided : gradcam::GuidedMode::none);
     return opts;
   }
 
@@ -232,7 +232,7 @@ void sanity_check(const FaithRun& run, json& per_method) {
         return gradcam::GuidedBackprop(m).compute(in, gradcam::Target::classes(idx)).gradients.at(0).abs().sum(1, true);
       }
       const auto meth = gradcam::method_from_name(method);
-      gradcam::GradCAM e(m, cam_options(run.a.common, {run.layer}).methods({meth}).perturbation_batch(run.a.perturbation_batch));
+      gradcam::GradCAM e(m, cam_options(run.a.common, {run.layer}).methods({meth}).perturbation_batch(command_perturbation_batch(run.a.perturbation_batch)));
       return e.compute(in, gradcam::Target::classes(idx)).get(run.layer, 0, 0, meth).map;
     };
     json steps = json::array();
@@ -314,7 +314,7 @@ Subcommand add_eval_faith(CLI::App* faith) {
   faith->add_option("--sanity", fa->sanity, "run the parameter-randomisation check on the first N images (0: off)")
       ->check(whole_number(0))->capture_default_str();
   faith->add_option("--limit", fa->limit, "use only the first N images (0: all)")->check(whole_number(0));
-  faith->add_option("--perturbation-batch", fa->perturbation_batch, "scorecam / ablationcam: perturbed images per forward pass (0: 1 on the CPU, 32 on a GPU)")
+  faith->add_option("--perturbation-batch", fa->perturbation_batch, "scorecam / ablationcam: perturbed images per forward pass (0: 32, or with GRADCAM_MALLOC=default the library's default: 1 on the CPU, 32 on a GPU)")
       ->check(whole_number(1))->capture_default_str();
   faith->add_option("--report", fa->report, "JSON report to write")->capture_default_str();
   return {&fa->common, [fa] { return run_eval_faith(*fa); }};

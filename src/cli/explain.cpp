@@ -132,7 +132,7 @@ gradcam::GradCAMOptions explain_options(const ExplainArgs& a, const std::vector<
   const std::vector<std::string> layer_args = a.layers.empty() ? std::vector<std::string>{a.common.layer} : a.layers;
   GRADCAM_CHECK(a.fuse.empty() || layer_args.size() > 1, "--fuse combines several layers; give two or more --layer");
   gradcam::GradCAMOptions opts = cam_options(a.common, layer_args, own_hw);
-  opts.keep_signed(true).methods(cam_methods).perturbation_batch(a.perturbation_batch)
+  opts.keep_signed(true).methods(cam_methods).perturbation_batch(command_perturbation_batch(a.perturbation_batch))
       .guided(wants(a, "guided", "guided-gradcam") ? gradcam::GuidedMode::guided : gradcam::GuidedMode::none);
   return opts;
 }
@@ -423,7 +423,7 @@ Subcommand add_explain(CLI::App* explain) {
       ->capture_default_str();
   explain->add_option("--layers", ex->layers, "several target layers (instead of --layer): one map each, or one fused map with --fuse")->expected(1, -1);
   explain->add_option("--fuse", ex->fuse, "combine the normalised maps of the --layers: mean or max")->check(CLI::IsMember({"mean", "max"}));
-  explain->add_option("--perturbation-batch", ex->perturbation_batch, "scorecam / ablationcam: perturbed images per forward pass (0: 1 on the CPU, 32 on a GPU)")
+  explain->add_option("--perturbation-batch", ex->perturbation_batch, "scorecam / ablationcam: perturbed images per forward pass (0: 32, or with GRADCAM_MALLOC=default the library's default: 1 on the CPU, 32 on a GPU)")
       ->check(whole_number(1))->capture_default_str();
   explain->add_option("--colormap", ex->colormap, "heatmap colours")->check(CLI::IsMember(gradcam::colormap_names()))->capture_default_str();
   explain->add_option("--alpha", ex->alpha, "heatmap opacity over the image")->check(real_number(0, 1))->capture_default_str();

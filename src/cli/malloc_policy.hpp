@@ -23,12 +23,21 @@
 
 namespace gradcam_cli {
 
+/// True when the command keeps freed memory (glibc, and GRADCAM_MALLOC is not "default").
+inline bool freed_memory_kept() {
+#if defined(__GLIBC__)
+  const char* env = std::getenv("GRADCAM_MALLOC");
+  return env == nullptr || std::string(env) != "default";
+#else
+  return false;
+#endif
+}
+
 /// "kept" when freed memory is kept for reuse, "default" with GRADCAM_MALLOC=default (glibc's
 /// own behaviour, to measure it) or where malloc is not glibc's.
 inline const char* apply_malloc_policy() {
 #if defined(__GLIBC__)
-  const char* env = std::getenv("GRADCAM_MALLOC");
-  if (env != nullptr && std::string(env) == "default") return "default";
+  if (!freed_memory_kept()) return "default";
   mallopt(M_MMAP_MAX, 0);             // large blocks come from the heap, whose pages stay mapped
   mallopt(M_TRIM_THRESHOLD, INT_MAX); // and the heap's top is not given back after each pass
   return "kept";
