@@ -311,43 +311,55 @@ double best_iou(const std::optional<Box>& box, const std::vector<Box>& truth) {
 }
 
 void LocAccumulator::add(const LocSample& s) {
-  ++n_;
+  LocCounts& c = counts_;
+  ++c.n;
   const bool top1_right = !s.predicted.empty() && s.predicted[0] == s.true_class;
   if (top1_right) {
-    ++top1_cls_;
-    if (!s.boxes.empty() && best_iou(s.boxes[0], s.truth) >= iou_threshold_) ++top1_loc_;
+    ++c.top1_cls;
+    if (!s.boxes.empty() && best_iou(s.boxes[0], s.truth) >= iou_threshold_) ++c.top1_loc;
   }
   for (size_t k = 0; k < s.predicted.size() && k < 5; ++k) {
     if (s.predicted[k] == s.true_class && k < s.boxes.size() && best_iou(s.boxes[k], s.truth) >= iou_threshold_) {
-      ++top5_loc_;
+      ++c.top5_loc;
       break;
     }
   }
   const double known_iou = best_iou(s.known_box, s.truth);
-  if (known_iou >= iou_threshold_) ++known_;
-  iou_sum_ += known_iou;
+  if (known_iou >= iou_threshold_) ++c.gt_known_loc;
+  c.iou_sum += std::llround(known_iou / LocCounts::kIouUnit);
   if (s.peak) {
     for (const auto& t : s.truth) {
       const int x = s.peak->first, y = s.peak->second;
       if (x >= t.x0 - tolerance_ && x <= t.x1 + tolerance_ && y >= t.y0 - tolerance_ && y <= t.y1 + tolerance_) {
-        ++pointing_;
+        ++c.pointing_game;
         break;
       }
     }
   }
 }
 
-LocMetrics LocAccumulator::metrics() const {
+LocCounts& LocCounts::operator+=(const LocCounts& o) {
+  n += o.n;
+  top1_cls += o.top1_cls;
+  top1_loc += o.top1_loc;
+  top5_loc += o.top5_loc;
+  gt_known_loc += o.gt_known_loc;
+  pointing_game += o.pointing_game;
+  iou_sum += o.iou_sum;
+  return *this;
+}
+
+LocMetrics LocCounts::metrics() const {
   LocMetrics m;
-  m.n = n_;
-  if (n_ == 0) return m;
-  const double n = static_cast<double>(n_);
-  m.top1_cls = static_cast<double>(top1_cls_) / n;
-  m.top1_loc = static_cast<double>(top1_loc_) / n;
-  m.top5_loc = static_cast<double>(top5_loc_) / n;
-  m.gt_known_loc = static_cast<double>(known_) / n;
-  m.mean_iou = iou_sum_ / n;
-  m.pointing_game = static_cast<double>(pointing_) / n;
+  m.n = n;
+  if (n == 0) return m;
+  const double d = static_cast<double>(n);
+  m.top1_cls = static_cast<double>(top1_cls) / d;
+  m.top1_loc = static_cast<double>(top1_loc) / d;
+  m.top5_loc = static_cast<double>(top5_loc) / d;
+  m.gt_known_loc = static_cast<double>(gt_known_loc) / d;
+  m.mean_iou = static_cast<double>(iou_sum) * kIouUnit / d;
+  m.pointing_game = static_cast<double>(pointing_game) / d;
   return m;
 }
 

@@ -778,3 +778,67 @@ TEST_CASE("bench: times each mode against the forward, and each mode's peak memo
     CHECK_THAT(bad.out, Contains(message));
   }
 }
+
+TEST_CASE("shards: eval-loc as 3 shards plus merge is the whole run's report; explain's shards cover every image once",
+          "[cli][shard]") {
+  const std::string dir = tmpdir("shards");
+  const std::string eval = cli() + " eval-loc --model " + demo("digits.pt") + " --annotations " +
+                           demo("test/annotations.csv") + " --images " + demo("test") + " --labels " + demo("labels.txt") +
+                           " --resize 0 --crop 0 --sweep --quiet --batch 16";
+  REQUIRE(run(eval + " --report " + dir + "/whole.json").code == 0);
+  for (int i = 0; i < 3; ++i) {
+    REQUIRE(run(eval + " --shard " + std::to_string(i) + "/3 --report " + dir + "/s" + std::to_string(i) + ".json").code == 0);
+  }
+  Run m = run(cli() + " merge " + dir + "/s2.json " + dir + "/s0.json " + dir + "/s1.json --out " + dir + "/merged.json");
+  REQUIRE(m.code == 0);
+  CHECK_THAT(m.out, Contains("merged 3 shard(s): 300 images"));
+  auto load = [](const std::string& path) {
+    std::ifstream in(path);
+    return json::parse(in);
+  };
+  json whole = load(dir + "/whole.json"), merged = load(dir + "/merged.json");
+  size_t shard_n = 0;
+  for (int i = 0; i < 3; ++i) {
+    const json s = load(dir + "/s" + std::to_string(i) + ".json");
+    CHECK(s["shard"] == std::to_string(i) + "/3");
+    shard_n += s["n"].get<size_t>();
+    CHECK(s["n"].get<size_t>() >= 99);  // 300 images: 100 each
+  }
+  CHECK(shard_n == 300);
+  // the same report, bit for bit, but for the rates (the shards ran one after another here)
+  for (const char* rate : {"images_per_s", "network_images_per_s"}) {
+    whole.erase(rate);
+    merged.erase(rate);
+  }
+  CHECK(whole.dump() == merged.dump());
+  CHECK(whole["sweep"].size() == 19);
+  CHECK(whole["counts"]["n"] == 300);
+
+  // what merge refuses, by name
+  for (const auto& [args, message] : std::vector<std::pair<std::string, std::string>>{
+           {dir + "/s0.json " + dir + "/s1.json", "shard 2/3 is missing (given: 2 report(s))"},
+           {dir + "/s0.json " + dir + "/s0.json " + dir + "/s1.json", "shard 0/3 is given twice"},
+           {dir + "/s0.json " + dir + "/whole.json", "is shard 0/1 but"},
+           {demo("labels.txt"), "is not a JSON report"}}) {
+    INFO(args);
+    Run bad = run(cli() + " merge " + args + " --out " + dir + "/bad.json");
+    CHECK(bad.code != 0);
+    CHECK_THAT(bad.out, Contains(message));
+  }
+  Run odd = run(eval + " --shard 3/3 --report " + dir + "/x.json");
+  CHECK(odd.code != 0);
+  CHECK_THAT(odd.out, Contains("--shard '3/3' is not I/N with 0 <= I < N"));
+
+  // explain: three shards' records name every image of the folder once
+  std::multiset<std::string> seen;
+  for (int i = 0; i < 3; ++i) {
+    const std::string out = dir + "/explain" + std::to_string(i);
+    REQUIRE(run(cli() + " explain --model " + demo("digits.pt") + " --images " + demo("images") +
+                " --resize 0 --crop 0 --quiet --shard " + std::to_string(i) + "/3 --out " + out).code == 0);
+    std::ifstream records(out + "/records.jsonl");
+    for (std::string line; std::getline(records, line);) seen.insert(json::parse(line)["image"].get<std::string>());
+  }
+  std::multiset<std::string> all;
+  for (const auto& e : fs::directory_iterator(demo("images"))) all.insert(e.path().string());
+  CHECK(seen == all);
+}

@@ -280,4 +280,27 @@ TEST_CASE("metrics on a hand-computed set", "[localize][metrics]") {
   CHECK(m.mean_iou == Approx((1.0 + 0.5 + 0 + 0) / 4));
   CHECK(m.pointing_game == Approx(2.0 / 4));
   CHECK(gradcam::LocAccumulator().metrics().n == 0);
+
+  // the counts behind the fractions, and the counts of two halves add up to the whole's exactly
+  const gradcam::LocCounts& c = acc.counts();
+  CHECK((c.n == 4 && c.top1_cls == 2 && c.top1_loc == 1 && c.top5_loc == 2 && c.gt_known_loc == 2 &&
+         c.pointing_game == 2));
+  CHECK(c.iou_sum == 3 * (int64_t{1} << 39));  // 1.5 in units of 2^-40
+  gradcam::LocAccumulator first(0.5, 2), second(0.5, 2);
+  first.add({1, {truth}, {1, 2}, {A, C}, A, std::make_pair(5, 5)});
+  first.add({1, {truth}, {3, 4}, {std::nullopt, std::nullopt}, std::nullopt, std::nullopt});
+  second.add({1, {truth}, {2, 1}, {C, B}, B, std::make_pair(11, 5)});
+  second.add({1, {truth}, {1, 3}, {C, A}, C, std::make_pair(12, 5)});
+  gradcam::LocCounts sum = second.counts();
+  sum += first.counts();
+  CHECK((sum.n == c.n && sum.top1_cls == c.top1_cls && sum.top1_loc == c.top1_loc && sum.top5_loc == c.top5_loc &&
+         sum.gt_known_loc == c.gt_known_loc && sum.pointing_game == c.pointing_game && sum.iou_sum == c.iou_sum));
+  CHECK(sum.metrics().mean_iou == m.mean_iou);
+}
+
+TEST_CASE("the IoU sum in units of 2^-40 keeps the mean within 1e-12", "[localize][metrics]") {
+  // truth 0..8 x 0..8 (81 px); box 0..8 x 0..2 (27 px): IoU 1/3, which no binary sum holds exactly
+  gradcam::LocAccumulator acc;
+  for (int i = 0; i < 1000; ++i) acc.add({1, {box(0, 0, 8, 8)}, {1}, {box(0, 0, 8, 2)}, box(0, 0, 8, 2), std::nullopt});
+  CHECK(std::abs(acc.metrics().mean_iou - 1.0 / 3) < 1e-12);
 }

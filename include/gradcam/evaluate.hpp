@@ -82,19 +82,32 @@ struct LocMetrics {
   double pointing_game = 0; ///< the true class map's maximum within a true box (+ tolerance)
 };
 
+/// What a LocAccumulator counted, as integers, so that the counts of disjoint parts of a set (the
+/// shards of a cluster run) add up to the whole set's exactly, in any order. The IoU sum is kept
+/// in units of 2^-40 (kIouUnit): exact and associative where a floating-point sum is neither; the
+/// mean it gives is within 1e-12 of a floating-point mean.
+struct LocCounts {
+  static constexpr double kIouUnit = 1.0 / 1099511627776.0;  ///< 2^-40
+  int64_t n = 0, top1_cls = 0, top1_loc = 0, top5_loc = 0, gt_known_loc = 0, pointing_game = 0;
+  int64_t iou_sum = 0;  ///< sum of the true class boxes' best IoUs, in units of kIouUnit
+
+  LocCounts& operator+=(const LocCounts& other);
+  LocMetrics metrics() const;  ///< the fractions; all 0 when n is 0
+};
+
 /// Accumulates LocSamples into LocMetrics.
 class LocAccumulator {
  public:
   explicit LocAccumulator(double iou_threshold = 0.5, int pointing_tolerance = 15)
       : iou_threshold_(iou_threshold), tolerance_(pointing_tolerance) {}
   void add(const LocSample& s);
-  LocMetrics metrics() const;
+  LocMetrics metrics() const { return counts_.metrics(); }
+  const LocCounts& counts() const { return counts_; }
 
  private:
   double iou_threshold_;
   int tolerance_;
-  int64_t n_ = 0, top1_cls_ = 0, top1_loc_ = 0, top5_loc_ = 0, known_ = 0, pointing_ = 0;
-  double iou_sum_ = 0;
+  LocCounts counts_;
 };
 
 /// The largest IoU of `box` with any of `truth` (0 when `box` is empty or `truth` is).

@@ -29,5 +29,6 @@ Subcommand add_eval_faith(CLI::App* sub);  // eval_faith.cpp
 Subcommand add_diagnose(CLI::App* sub);    // diagnose.cpp
 Subcommand add_compare(CLI::App* sub);     // compare.cpp
 Subcommand add_bench(CLI::App* sub);       // bench.cpp
+Subcommand add_merge(CLI::App* sub);       // merge.cpp
 
 }  // namespace gradcam_cli

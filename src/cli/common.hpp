@@ -94,6 +94,7 @@ struct Common {
   std::vector<int> token_grid;     ///< --token-grid H W; empty: inferred
   int attention_heads = 0;         ///< --attention-heads (rollout of a traced model); 0: the model's
   std::vector<std::string> ops_libraries;  ///< --ops-library: loaded before the model (torchvision's operators)
+  std::string shard;  ///< --shard I/N (shard.hpp), on the subcommands that take it; empty: all images
 };
 
 inline void add_common(CLI::App* app, Common& c, bool with_model = true) {

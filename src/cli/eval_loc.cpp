@@ -25,6 +25,8 @@
 #include "common.hpp"
 #include "explain_detection.hpp"
 #include "image_sets.hpp"
+#include "loc_report.hpp"
+#include "shard.hpp"
 
 namespace gradcam_cli {
 
@@ -46,12 +48,6 @@ struct EvalArgs {
   DetectionFlags detection;
 };
 
-json metrics_json(const gradcam::LocMetrics& m) {
-  return {{"n", m.n}, {"top1_cls", m.top1_cls}, {"top1_loc", m.top1_loc}, {"top5_loc", m.top5_loc},
-          {"gt_known_loc", m.gt_known_loc}, {"mean_iou", m.mean_iou}, {"pointing_game", m.pointing_game},
-          {"top1_loc_err", 1 - m.top1_loc}, {"top5_loc_err", 1 - m.top5_loc}};
-}
-
 /// The thresholds evaluated: --threshold, and with --sweep 0.05, 0.10 ... 0.95 as well.
 std::vector<double> thresholds_of(const EvalArgs& a) {
   std::vector<double> thresholds = {a.threshold};
@@ -70,7 +66,8 @@ struct LocRun {
   const EvalArgs& a;
   c10::Device device;
   torch::jit::Module module;
-  std::vector<gradcam::Annotation> annotations;
+  Shard shard;
+  std::vector<gradcam::Annotation> annotations;  // of this shard
   gradcam::Labels labels;
   std::unique_ptr<gradcam::GradCAM> cam;
   std::string layer;
@@ -81,7 +78,9 @@ struct LocRun {
 
   explicit LocRun(const EvalArgs& args)
       : a(args), device(a.common.device), module(gradcam::load_model(a.common.model, device)),
-        annotations(gradcam::read_annotations(a.annotations, a.images_dir)) {
+        shard(parse_shard(a.common.shard)),
+        annotations(take_shard(gradcam::read_annotations(a.annotations, a.images_dir), shard,
+                               [&](const gradcam::Annotation& an) { return shard_key(an.image, a.images_dir); })) {
     if (!a.common.labels.empty()) labels = gradcam::Labels::read(a.common.labels);
     // A label that names no class is the annotation file's error, with its line, before any image
     // runs; not an "unreadable image" among the results.
@@ -197,40 +196,24 @@ void eval_batch(LocRun& run, const ImageBatch& batch) {
   }
 }
 
-json loc_report(const LocRun& run, double wall) {
+json report_of(const LocRun& run, double wall) {
   const EvalArgs& a = run.a;
-  const auto main = run.acc.at(a.threshold).metrics();
-  json report = metrics_json(main);
-  report["threshold"] = a.threshold;
-  report["method"] = a.method;
-  report["layer"] = run.layer;
-  report["model"] = a.common.model;
-  report["annotations"] = a.annotations;
-  report["images"] = run.annotations.size();
-  report["unreadable"] = run.unreadable;
-  report["nan_outputs"] = run.nonfinite;  // images whose output or map was NaN or infinite, skipped
-  report["interrupted"] = g_interrupted.load();
-  report["connectivity"] = a.connectivity;
-  report["largest_by"] = a.by_box_area ? "box_area" : "pixels";
-  report["pointing_tolerance"] = a.tolerance;
-  report["images_per_s"] = wall > 0 ? static_cast<double>(main.n) / wall : 0.0;
-  report["network_images_per_s"] = run.compute_s > 0 ? static_cast<double>(main.n) / run.compute_s : 0.0;
-  if (a.sweep) {
-    json sweep = json::array();
-    double best_t = a.threshold, best = -1;
-    for (const auto& [t, ac] : run.acc) {
-      json row = metrics_json(ac.metrics());
-      row["threshold"] = t;
-      sweep.push_back(row);
-      if (ac.metrics().gt_known_loc > best) {
-        best = ac.metrics().gt_known_loc;
-        best_t = t;
-      }
-    }
-    report["sweep"] = sweep;
-    report["best_threshold"] = {{"metric", "gt_known_loc"}, {"threshold", best_t}, {"value", best}};
-  }
-  return report;
+  LocReportParts p;
+  p.settings = {{"method", a.method}, {"layer", run.layer}, {"model", a.common.model},
+                {"annotations", a.annotations}, {"connectivity", a.connectivity},
+                {"largest_by", a.by_box_area ? "box_area" : "pixels"}, {"pointing_tolerance", a.tolerance}};
+  if (run.shard.on()) p.settings["shard"] = run.shard.str();
+  p.threshold = a.threshold;
+  p.sweep = a.sweep;
+  for (const auto& [t, ac] : run.acc) p.counts[t] = ac.counts();
+  p.images = run.annotations.size();
+  p.unreadable = run.unreadable;
+  p.nonfinite = run.nonfinite;
+  p.interrupted = g_interrupted.load();
+  const double n = static_cast<double>(run.acc.at(a.threshold).counts().n);
+  p.images_per_s = wall > 0 ? n / wall : 0.0;
+  p.network_images_per_s = run.compute_s > 0 ? n / run.compute_s : 0.0;
+  return loc_report(p);
 }
 
 void print_loc_table(const LocRun& run, const json& report) {
@@ -259,7 +242,7 @@ int run_eval_loc(const EvalArgs& a) {
   for_each_batch(paths, a.common, "skipping unreadable image ", run.unreadable, run.done, progress,
                  [&](const ImageBatch& batch) { eval_batch(run, batch); });
   const double wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count();
-  const json report = loc_report(run, wall);
+  const json report = report_of(run, wall);
   write_atomically(a.report, report.dump(2) + "\n");
   print_loc_table(run, report);
   if (g_interrupted) return 130;
@@ -271,6 +254,7 @@ int run_eval_loc(const EvalArgs& a) {
 Subcommand add_eval_loc(CLI::App* eval) {
   auto ev = std::make_shared<EvalArgs>();
   add_common(eval, ev->common);
+  add_shard(eval, ev->common.shard);
   eval->add_option("--annotations", ev->annotations, "CSV file,label,x0,y0,x1,y1 or a folder of VOC/ImageNet XML files")->required();
   eval->add_option("--images", ev->images_dir, "image folder (XML annotations; for a CSV, overrides the CSV's folder)");
   eval->add_option("--report", ev->report, "JSON report to write")->capture_default_str();
@@ -290,6 +274,8 @@ Subcommand add_eval_loc(CLI::App* eval) {
                             "' (other methods with --task detection)");
               return run_eval_loc(*ev);
             }
+            GRADCAM_CHECK(ev->common.shard.empty(), "--shard splits eval-loc of classifiers; with --task detection "
+                          "the reports of shards cannot be merged yet, so run it whole");
             return run_eval_loc_detection(
                 {ev->common, ev->detection, ev->annotations, ev->images_dir, ev->report, ev->method, ev->tolerance});
           }};

@@ -24,6 +24,7 @@
 #include "commands.hpp"
 #include "common.hpp"
 #include "explain_detection.hpp"
+#include "shard.hpp"
 
 namespace gradcam_cli {
 
@@ -107,6 +108,9 @@ std::vector<std::string> explain_inputs(const ExplainArgs& a) {
     images.insert(images.end(), more.begin(), more.end());
   }
   GRADCAM_CHECK(!images.empty(), "no images given: use --image PATH or --images DIR");
+  // --shard: ranked by the path inside --images (--image files by the path as given)
+  images = take_shard(images, parse_shard(a.common.shard),
+                      [&](const std::string& path) { return shard_key(path, a.images_dir); });
   std::error_code ec;
   fs::create_directories(a.out, ec);
   GRADCAM_CHECK(fs::is_directory(a.out), "cannot create output directory '", a.out, "'");
@@ -411,6 +415,7 @@ int run_explain(const ExplainArgs& a) {
 Subcommand add_explain(CLI::App* explain) {
   auto ex = std::make_shared<ExplainArgs>();
   add_common(explain, ex->common);
+  add_shard(explain, ex->common.shard);
   explain->add_option("--image", ex->images, "image file(s)")->expected(1, -1);
   explain->add_option("--images", ex->images_dir, "a folder of images");
   auto* cls = explain->add_option("--class", ex->classes, "class index to explain (one for all images, or one per image)")->expected(1, -1)->check(whole_number(0, std::numeric_limits<long long>::max()));

@@ -53,6 +53,7 @@ const CommandRow kCommands[] = {
      "time Grad-CAM and the other methods against the model's plain forward, interleaved, with each mode's peak "
      "memory",
      add_bench},
+    {"merge", "combine the reports of a run's shards (--shard I/N) into the report of the whole run", add_merge},
 };
 
 /// Runs the parsed subcommand with its thread count; errors become one "gradcam: error:" line.
