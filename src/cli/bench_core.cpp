@@ -240,8 +240,15 @@ void measure_memory(Report& report) {
 /// any LibTorch. LibTorch's caching allocator never returns what it reserved (no empty_cache here),
 /// so after the calls this is its peak reservation, plus the CUDA context.
 double cuda_bytes_in_use() {
-  using MemGetInfo = int (*)(size_t*, size_t*);
-  static const auto get = reinterpret_cast<MemGetInfo>(dlsym(RTLD_DEFAULT, "cudaMemGetInfo"));
+  using MemGetInfo = int (*)(size_t*, size_t*);  // cudaMemGetInfo and cuMemGetInfo_v2 alike
+  static const auto get = [] {
+    // the runtime's, where LibTorch links it dynamically; else the driver's (a runtime linked
+    // statically hides its symbols; the driver library is always shared, and LibTorch's runtime
+    // has made the device's primary context current on this thread)
+    if (void* f = dlsym(RTLD_DEFAULT, "cudaMemGetInfo")) return reinterpret_cast<MemGetInfo>(f);
+    void* driver = dlopen("libcuda.so.1", RTLD_LAZY | RTLD_NOLOAD);
+    return driver ? reinterpret_cast<MemGetInfo>(dlsym(driver, "cuMemGetInfo_v2")) : nullptr;
+  }();
   size_t free = 0, total = 0;
   if (get == nullptr || get(&free, &total) != 0) return -1;
   return static_cast<double>(total - free);
@@ -291,7 +298,7 @@ Report run(const Options& options, void (*progress)(const Row& row)) {
   if (!options.memory) return report;
   if (b.device.is_cuda()) {
     if (cuda_bytes_in_use() < 0) {
-      report.memory_note = "cudaMemGetInfo is not loaded in this process";
+      report.memory_note = "neither cudaMemGetInfo nor cuMemGetInfo_v2 is loaded in this process";
       return report;
     }
     report.memory_kind = "cuda_in_use";
@@ -311,7 +318,7 @@ int memory_child(const Options& options, const std::string& mode) {
   if (b.device.is_cuda()) {
     b.sync();
     before = cuda_bytes_in_use();
-    GRADCAM_CHECK(before >= 0, "cannot read the GPU's memory: cudaMemGetInfo is not loaded");
+    GRADCAM_CHECK(before >= 0, "cannot read the GPU's memory: neither cudaMemGetInfo nor cuMemGetInfo_v2 is loaded");
     for (int i = 0; i < calls; ++i) call();
     b.sync();
     peak = cuda_bytes_in_use();  // the caching allocator keeps its peak: it never gives memory back

@@ -30,7 +30,9 @@ inline Shard parse_shard(const std::string& text) {
   if (text.empty()) return s;
   const size_t slash = text.find('/');
   auto number = [](const std::string& t, long long* v) {
-    if (t.empty() || t.size() > 9 || !std::all_of(t.begin(), t.end(), ::isdigit)) return false;
+    if (t.empty() || t.size() > 9 || !std::all_of(t.begin(), t.end(), [](unsigned char c) { return c >= '0' && c <= '9'; })) {
+      return false;
+    }
     *v = std::stoll(t);
     return true;
   };
