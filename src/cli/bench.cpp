@@ -56,7 +56,7 @@ int plain_inference(const BenchArgs& a) {
     std::printf("{\"mode\": \"plain_inference\", \"images\": %zu, \"unreadable\": %zu, \"batch\": %d, "
                 "\"seconds\": %.3f, \"images_per_s\": %.2f}\n", done - unreadable, unreadable, c.batch, s, rate);
   } else {
-    std::printf("plain inference: %zu image(s) %s\n", done - unreadable, progress.rate_str().c_str());
+    std::printf("plain inference: %zu image(s) %s\n", done - unreadable, progress.rate_str(done - unreadable).c_str());
   }
   return 0;
 }

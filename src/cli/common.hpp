@@ -194,7 +194,6 @@ class Progress {
     start_ = std::chrono::steady_clock::now();
   }
   void update(size_t done) {
-    done_ = done;
     if (!enabled_) return;
     const double elapsed = seconds();
     const double eta = done > 0 ? elapsed / static_cast<double>(done) * static_cast<double>(total_ - done) : 0;
@@ -212,18 +211,17 @@ class Progress {
   double seconds() const {
     return std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count();
   }
-  /// "in 12.3 s, 24.4 images/s": the images done so far over the time since the start.
-  std::string rate_str() const {
+  /// "in 12.3 s, 24.4 images/s": `images` over the time since the start.
+  std::string rate_str(size_t images) const {
     const double s = seconds();
     char buf[96];
-    std::snprintf(buf, sizeof buf, "in %.1f s, %.1f images/s", s, s > 0 ? static_cast<double>(done_) / s : 0.0);
+    std::snprintf(buf, sizeof buf, "in %.1f s, %.1f images/s", s, s > 0 ? static_cast<double>(images) / s : 0.0);
     return buf;
   }
 
  private:
   size_t total_;
   bool enabled_;
-  size_t done_ = 0;
   std::chrono::steady_clock::time_point start_;
 };
 

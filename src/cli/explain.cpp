@@ -395,7 +395,7 @@ int run_explain(const ExplainArgs& a) {
     std::string names;
     for (const auto& l : run.cam->layers()) names += (names.empty() ? "'" : ", '") + l + "'";
     std::cerr << "gradcam: explained " << (run.done - run.failed) << " image(s) at layer " << names << " "
-              << progress.rate_str() << "; wrote " << a.out << "\n";
+              << progress.rate_str(run.done - run.failed) << "; wrote " << a.out << "\n";
   }
   if (g_interrupted) {
     std::cerr << "gradcam: interrupted after " << run.done << " of " << images.size() << " image(s); "
