@@ -782,11 +782,12 @@ TEST_CASE("bench: times each mode against the forward, and each mode's peak memo
 TEST_CASE("shards: eval-loc as 3 shards plus merge is the whole run's report; explain's shards cover every image once",
           "[cli][shard]") {
   const std::string dir = tmpdir("shards");
-  {  // the first 90 of the demo's 300 test images (the sanitizer leg runs this too)
+  const int images = test::quick() ? 30 : 90;  // of the demo's 300 test images (quick: the sanitizer leg)
+  {
     std::ifstream in(demo("test/annotations.csv"));
     std::ofstream out(dir + "/ann.csv");
     std::string line;
-    for (int i = 0; i <= 90 && std::getline(in, line); ++i) out << line << "\n";
+    for (int i = 0; i <= images && std::getline(in, line); ++i) out << line << "\n";  // the header, then images
   }
   const std::string eval = cli() + " eval-loc --model " + demo("digits.pt") + " --annotations " + dir +
                            "/ann.csv --images " + demo("test") + " --labels " + demo("labels.txt") +
@@ -797,7 +798,7 @@ TEST_CASE("shards: eval-loc as 3 shards plus merge is the whole run's report; ex
   }
   Run m = run(cli() + " merge " + dir + "/s2.json " + dir + "/s0.json " + dir + "/s1.json --out " + dir + "/merged.json");
   REQUIRE(m.code == 0);
-  CHECK_THAT(m.out, Contains("merged 3 shard(s): 90 images"));
+  CHECK_THAT(m.out, Contains("merged 3 shard(s): " + std::to_string(images) + " images"));
   auto load = [](const std::string& path) {
     std::ifstream in(path);
     return json::parse(in);
@@ -808,9 +809,9 @@ TEST_CASE("shards: eval-loc as 3 shards plus merge is the whole run's report; ex
     const json s = load(dir + "/s" + std::to_string(i) + ".json");
     CHECK(s["shard"] == std::to_string(i) + "/3");
     shard_n += s["n"].get<size_t>();
-    CHECK(s["n"] == 30);  // 90 images: 30 each
+    CHECK(s["n"] == images / 3);
   }
-  CHECK(shard_n == 90);
+  CHECK(shard_n == static_cast<size_t>(images));
   // the same report, bit for bit, but for the rates (the shards ran one after another here)
   for (const char* rate : {"images_per_s", "network_images_per_s"}) {
     whole.erase(rate);
@@ -818,7 +819,7 @@ TEST_CASE("shards: eval-loc as 3 shards plus merge is the whole run's report; ex
   }
   CHECK(whole.dump() == merged.dump());
   CHECK(whole["sweep"].size() == 19);
-  CHECK(whole["counts"]["n"] == 90);
+  CHECK(whole["counts"]["n"] == images);
 
   // what merge refuses, by name
   for (const auto& [args, message] : std::vector<std::pair<std::string, std::string>>{
