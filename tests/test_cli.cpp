@@ -735,7 +735,8 @@ TEST_CASE("bench: times each mode against the forward, and each mode's peak memo
   Run l = run(cli() + " layers --model " + demo("digits.pt") + " --size 64 64 --json", false);
   REQUIRE(l.code == 0);
   double largest = 0;
-  for (const json& layer : json::parse(l.out)["layers"]) {
+  const json listing = json::parse(l.out);
+  for (const json& layer : listing["layers"]) {
     double n = 1;
     for (const json& d : layer["shape"]) n *= d.get<double>();
     largest = std::max(largest, n);
