@@ -32,7 +32,7 @@
 
 #include <gradcam/gradcam.hpp>
 
-#include "malloc_policy.hpp"
+#include "malloc_policy.hpp"  // command_perturbation_batch
 
 namespace gradcam_cli {
 
@@ -129,12 +129,6 @@ inline void add_common(CLI::App* app, Common& c, bool with_model = true) {
   app->add_option("--attention-heads", c.attention_heads, "attention rollout: the heads of each attention layer "
                   "(default: the model's num_heads, which a traced model does not keep)")->check(whole_number(1));
 }
-
-/// --perturbation-batch as the command uses it: 0 means 32 where the command keeps freed memory
-/// (malloc_policy.hpp), else the library's default (1 on the CPU, 32 on a GPU). The library's 1
-/// was chosen under glibc's defaults, where larger batches page-fault; with memory kept, Score-CAM
-/// on resnet18's layer4 takes 15.2 ms per masked image at 32 against 21.2 at 1 (docs/performance.md).
-inline int command_perturbation_batch(int asked) { return asked > 0 ? asked : freed_memory_kept() ? 32 : 0; }
 
 /// The library's options for the command's layers: the grid layout from --tokens, and "auto"
 /// resolved at the input the command gives the model: the crop, else the resized square, else
