@@ -16,7 +16,8 @@
 //  7. infer input: what the first convolution expects, for clear input errors.
 // The graph is then compiled to interpreter Code and run directly (no graph executor, so no
 // profiling runs and no global executor settings). SplitForward (graph_split.cpp) cuts a copy of
-// the rewritten graph at a layer, for Ablation-CAM.
+// the rewritten graph at a layer, for Ablation-CAM; exportable_module (graph_export.cpp) turns a
+// copy into a method of standard ops, for `gradcam export`.
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -124,6 +125,18 @@ struct RewriteFacts {
   std::vector<c10::IValue> trailing;
 };
 
+class Forward;
+/// The explainer `gradcam export` writes (graph_export.cpp): a new module whose methods are
+/// `source` (TorchScript, made by export.cpp) and whose submodule `model` is a clone of `module`
+/// (its own types and parameters: the user's module is not touched) with one more method,
+/// `_gradcam_forward(x) -> (scores, A)`. That method is the rewritten forward in standard ops:
+/// the one call of `layer` gives A, its output detached and requiring grad, as the capture op
+/// records it; scores is the model's output (a tensor, or a tuple's first tensor). Throws
+/// gradcam::Error naming what cannot be exported: a layer called more than once or inside a loop,
+/// a forward taking a list or more than one input, an output without class scores.
+torch::jit::Module exportable_module(const torch::jit::Module& module, const std::string& layer,
+                                     const std::string& source);
+
 /// A private, rewritten, compiled copy of module.forward.
 class Forward {
  public:
@@ -151,6 +164,8 @@ class Forward {
 
  private:
   friend class SplitForward;
+  friend torch::jit::Module exportable_module(const torch::jit::Module&, const std::string&,
+                                              const std::string&);
   torch::jit::Module module_;
   std::shared_ptr<torch::jit::Graph> graph_;
   std::unique_ptr<torch::jit::Code> code_;
@@ -194,6 +209,10 @@ class SplitForward {
 /// Checks a model input against what the rewritten forward expects; throws gradcam::Error naming
 /// the bad shape, dtype or value. (grad_cam.cpp)
 void check_input(const Forward& forward, const at::Tensor& input);
+
+/// Zeros of `shape` whose -1 entries are filled from the model (channels, from its first
+/// convolution) or with 224, in the dtype and on the device of its parameters. (layers.cpp)
+at::Tensor example_input(const torch::jit::Module& module, std::vector<int64_t> shape);
 
 /// list_layers on an example input, or on zeros of `shape` whose -1 entries are filled from the
 /// model (channels) or with 224. (layers.cpp)

@@ -169,25 +169,30 @@ void choose_auto(LayerListing& listing, const Forward& forward, const CaptureCon
                                      : "no token layer could be chosen: " + why);
 }
 
+at::Tensor zeros_for(const Forward& forward, const torch::jit::Module& module, std::vector<int64_t> shape) {
+  for (size_t i = 0; i < shape.size(); ++i) {
+    if (shape[i] < 0) shape[i] = i == 1 && forward.expected_channels() > 0 ? forward.expected_channels() : (i == 1 ? 3 : 224);
+  }
+  auto opts = at::TensorOptions().dtype(at::kFloat);
+  for (const auto& p : module.parameters()) {
+    opts = opts.device(p.device()).dtype(p.scalar_type());
+    break;
+  }
+  return at::zeros(shape, opts);
+}
+
 }  // namespace
+
+at::Tensor example_input(const torch::jit::Module& module, std::vector<int64_t> shape) {
+  return zeros_for(Forward(module, RewriteSpec{}), module, std::move(shape));
+}
 
 LayerListing probe_layers(const torch::jit::Module& module, const at::Tensor& example,
                           std::vector<int64_t> shape) {
   RewriteSpec spec;
   spec.probe_all = true;
   Forward forward(module, spec);
-  at::Tensor input = example;
-  if (!input.defined()) {
-    for (size_t i = 0; i < shape.size(); ++i) {
-      if (shape[i] < 0) shape[i] = i == 1 && forward.expected_channels() > 0 ? forward.expected_channels() : (i == 1 ? 3 : 224);
-    }
-    auto opts = at::TensorOptions().dtype(at::kFloat);
-    for (const auto& p : module.parameters()) {
-      opts = opts.device(p.device()).dtype(p.scalar_type());
-      break;
-    }
-    input = at::zeros(shape, opts);
-  }
+  const at::Tensor input = example.defined() ? example : zeros_for(forward, module, std::move(shape));
   check_input(forward, input);
   CaptureContext ctx(forward.slots(), CaptureContext::Mode::probe);
   c10::NoGradGuard no_grad;

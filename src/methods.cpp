@@ -355,19 +355,38 @@ struct MethodRow {
   bool perturbation;  ///< extra forward passes on perturbed inputs (class targets only)
   Prepared (*prepare)(const PrepareInputs&);  ///< once per activation, for every rank; or nullptr
   Weighted (*map)(const MethodInputs&);
+  /// The same map in TorchScript, for `gradcam export` (export.cpp): the body of a method
+  /// `(a, g) -> signed map` over the grid A [N,K,h,w] and its gradient, with the helpers
+  /// `self._weighted(w, a)` (weighted_sum) and `self._safe_div(num, den)`; nullptr when the
+  /// method cannot be exported (it needs more than the layer's gradient). Tested against the
+  /// function above on the same input (test_export).
+  const char* script;
 };
 
+// The exported forms of the gradient methods, op for op the functions above.
+constexpr const char* kGradCamScript = "return self._weighted(g.mean([2, 3]), a)";
+constexpr const char* kGradCamPPScript =
+    "g2 = g * g\n"
+    "g3 = g2 * g\n"
+    "sum_a = a.sum([2, 3], keepdim=True)\n"
+    "alpha = self._safe_div(g2, 2 * g2 + sum_a * g3)\n"
+    "return self._weighted((alpha * torch.relu(g)).sum([2, 3]), a)";
+constexpr const char* kXGradCamScript =
+    "return self._weighted(self._safe_div((g * a).sum([2, 3]), a.sum([2, 3])), a)";
+constexpr const char* kHiResCamScript = "return (g * a).sum(1, keepdim=True)";
+constexpr const char* kLayerCamScript = "return (torch.relu(g) * a).sum(1, keepdim=True)";
+
 const MethodRow kMethods[] = {
-    {Method::gradcam, "gradcam", true, false, nullptr, grad_cam},
-    {Method::gradcam_pp, "gradcam++", true, false, nullptr, grad_cam_pp},
-    {Method::xgradcam, "xgradcam", true, false, nullptr, xgrad_cam},
-    {Method::hirescam, "hirescam", true, false, nullptr, hires_cam},
-    {Method::layercam, "layercam", true, false, nullptr, layer_cam},
-    {Method::scorecam, "scorecam", false, true, prepare_perturbed<Method::scorecam>, score_cam},
-    {Method::ablationcam, "ablationcam", false, true, prepare_perturbed<Method::ablationcam>, ablation_cam},
-    {Method::eigencam, "eigencam", false, false, prepare_eigen_cam, eigen_cam_map},
-    {Method::cam, "cam", false, false, prepare_cam, cam_map},
-    {Method::rollout, "rollout", false, false, prepare_rollout, rollout_map},
+    {Method::gradcam, "gradcam", true, false, nullptr, grad_cam, kGradCamScript},
+    {Method::gradcam_pp, "gradcam++", true, false, nullptr, grad_cam_pp, kGradCamPPScript},
+    {Method::xgradcam, "xgradcam", true, false, nullptr, xgrad_cam, kXGradCamScript},
+    {Method::hirescam, "hirescam", true, false, nullptr, hires_cam, kHiResCamScript},
+    {Method::layercam, "layercam", true, false, nullptr, layer_cam, kLayerCamScript},
+    {Method::scorecam, "scorecam", false, true, prepare_perturbed<Method::scorecam>, score_cam, nullptr},
+    {Method::ablationcam, "ablationcam", false, true, prepare_perturbed<Method::ablationcam>, ablation_cam, nullptr},
+    {Method::eigencam, "eigencam", false, false, prepare_eigen_cam, eigen_cam_map, nullptr},
+    {Method::cam, "cam", false, false, prepare_cam, cam_map, nullptr},
+    {Method::rollout, "rollout", false, false, prepare_rollout, rollout_map, nullptr},
 };
 
 const MethodRow& row(Method method) {
@@ -387,6 +406,8 @@ Prepared prepare_method(Method method, const PrepareInputs& in) {
 Weighted method_map(Method method, const MethodInputs& in) { return row(method).map(in); }
 
 bool is_perturbation(Method method) { return row(method).perturbation; }
+
+const char* method_script(Method method) { return row(method).script; }
 
 }  // namespace gradcam::detail
 

@@ -96,6 +96,11 @@ Prepared prepare_method(Method method, const PrepareInputs& in);
 /// The method's map and weights for one activation at one rank.
 Weighted method_map(Method method, const MethodInputs& in);
 
+/// The method's map in TorchScript for an exported explainer (`gradcam export`): the body of
+/// `_signed_map(self, a, g)` over the grid A [N,K,h,w] and its gradient, reading the helpers
+/// `self._weighted(w, a)` and `self._safe_div(num, den)`; nullptr when it cannot be exported.
+const char* method_script(Method method);
+
 /// Score-CAM and Ablation-CAM: weights from extra forward passes of perturbed inputs, so they
 /// explain class targets only.
 bool is_perturbation(Method method);

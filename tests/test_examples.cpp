@@ -7,6 +7,8 @@
 
 #include <filesystem>
 
+#include <gradcam/gradcam.hpp>
+
 #include "cli_support.hpp"
 #include "support.hpp"
 
@@ -102,4 +104,19 @@ TEST_CASE("the detector example prints each box with its class, score and map fi
                         Contains("-> " + out + "/box4.png"));
   const cv::Mat shown = cv::imread(out + "/box4.png");
   CHECK(shown.cols == 64);
+}
+
+TEST_CASE("the server example runs an exported explainer with LibTorch alone", "[examples][export]") {
+  const std::string dir = env("GRADCAM_EXAMPLES_DIR");
+  const std::string out = tmpdir("serve_example");
+  gradcam::export_explainer(gradcam::load_model(demo("digits.pt")),
+                            gradcam::ExportOptions().layer("block3").topk(2).upsample(true).input_shape({1, 3, 64, 64}),
+                            out + "/explained.pt");
+  // the program links LibTorch, not gradcam
+  CHECK(run("ldd " + dir + "/example_serve_explained | grep -c gradcam").out == "0\n");
+  Run a = run(dir + "/example_serve_explained " + out + "/explained.pt 3 64 64 2");
+  INFO(a.out);
+  CHECK(a.code == 0);
+  CHECK_THAT(a.out, Contains("explains layer block3 with gradcam\n") && Contains("image 1 rank 1: class ") &&
+                        Contains("map 64x64 peaking at row "));
 }

@@ -5,6 +5,7 @@
 
 #include <gradcam/error.hpp>
 #include <gradcam/evaluate.hpp>
+#include <gradcam/export.hpp>
 #include <gradcam/faithfulness.hpp>
 #include <gradcam/targets.hpp>
 #include <gradcam/grad_cam.hpp>

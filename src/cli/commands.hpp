@@ -30,5 +30,6 @@ Subcommand add_diagnose(CLI::App* sub);    // diagnose.cpp
 Subcommand add_compare(CLI::App* sub);     // compare.cpp
 Subcommand add_bench(CLI::App* sub);       // bench.cpp
 Subcommand add_merge(CLI::App* sub);       // merge.cpp
+Subcommand add_export(CLI::App* sub);      // export.cpp
 
 }  // namespace gradcam_cli

@@ -54,6 +54,10 @@ const CommandRow kCommands[] = {
      "memory",
      add_bench},
     {"merge", "combine the reports of a run's shards (--shard I/N) into the report of the whole run", add_merge},
+    {"export",
+     "write an explaining TorchScript model: forward(x) returns the scores, the top classes' maps and the "
+     "classes, with standard operators only (Triton, TorchServe, LibTorch, Python)",
+     add_export},
 };
 
 /// Runs the parsed subcommand with its thread count; errors become one "gradcam: error:" line.
