@@ -850,3 +850,71 @@ TEST_CASE("shards: eval-loc as 3 shards plus merge is the whole run's report; ex
   for (const auto& e : fs::directory_iterator(demo("images"))) all.insert(e.path().string());
   CHECK(seen == all);
 }
+
+TEST_CASE("shards: eval-faith and diagnose as 3 shards plus merge are the whole run's report", "[cli][shard]") {
+  const std::string dir = tmpdir("shards_faith");
+  const int images = test::quick() ? 12 : 30;  // eval-faith: of the demo's 300 test images
+  {
+    std::ifstream in(demo("test/annotations.csv"));
+    std::ofstream out(dir + "/ann.csv");
+    std::string line;
+    for (int i = 0; i <= images && std::getline(in, line); ++i) out << line << "\n";
+  }
+  auto load = [](const std::string& path) {
+    std::ifstream in(path);
+    return json::parse(in);
+  };
+  const std::string set = " --model " + demo("digits.pt") + " --images " + demo("test") + " --labels " +
+                          demo("labels.txt") + " --resize 0 --crop 0 --quiet";
+  const std::string faith = cli() + " eval-faith" + set + " --annotations " + dir +
+                            "/ann.csv --method gradcam gradcam++ --steps 10 --batch 4";
+  REQUIRE(run(faith + " --report " + dir + "/whole.json").code == 0);
+  for (int i = 0; i < 3; ++i) {
+    REQUIRE(run(faith + " --shard " + std::to_string(i) + "/3 --report " + dir + "/f" + std::to_string(i) + ".json").code == 0);
+  }
+  Run m = run(cli() + " merge " + dir + "/f1.json " + dir + "/f2.json " + dir + "/f0.json --out " + dir + "/merged.json");
+  INFO(m.out);
+  REQUIRE(m.code == 0);
+  CHECK_THAT(m.out, Contains("merged 3 shard(s): " + std::to_string(images) + " images, 2 method(s)"));
+  json whole = load(dir + "/whole.json"), merged = load(dir + "/merged.json");
+  CHECK(load(dir + "/f1.json")["images"] == images / 3);
+  whole.erase("seconds");
+  merged.erase("seconds");
+  // every sum and mean, ROAD included (each image's noise is seeded from its path), bit for bit
+  CHECK(whole.dump() == merged.dump());
+  CHECK(whole["counts"]["gradcam"]["n"] == images);
+  CHECK(whole["methods"]["gradcam++"].contains("road_combined"));
+  Run sanity = run(faith + " --sanity 2 --shard 0/3 --report " + dir + "/x.json");
+  CHECK(sanity.code != 0);
+  CHECK_THAT(sanity.out, Contains("--sanity checks the first images of the whole set; run it without --shard"));
+  Run mixed = run(cli() + " merge " + dir + "/f0.json " + dir + "/f1.json " + dir + "/whole.json --out " + dir + "/x.json");
+  CHECK(mixed.code != 0);
+  CHECK_THAT(mixed.out, Contains("is shard 0/1 but"));
+
+  // diagnose: all 300 test images (5 mistakes); one summary.json and one index.html
+  const std::string diag = cli() + " diagnose" + set + " --annotations " + demo("test/annotations.csv");
+  REQUIRE(run(diag + " --out " + dir + "/dg").code == 0);
+  for (int i = 0; i < 3; ++i) {
+    REQUIRE(run(diag + " --shard " + std::to_string(i) + "/3 --out " + dir + "/dg" + std::to_string(i)).code == 0);
+  }
+  Run dm = run(cli() + " merge " + dir + "/dg2 " + dir + "/dg0/summary.json " + dir + "/dg1 --out " + dir + "/dgm");
+  INFO(dm.out);
+  REQUIRE(dm.code == 0);
+  json dw = load(dir + "/dg/summary.json"), dmj = load(dir + "/dgm/summary.json");
+  REQUIRE(dmj["mistakes"].size() == dw["mistakes"].size());
+  CHECK(dw["mistakes"].size() >= 3);
+  for (size_t i = 0; i < dw["mistakes"].size(); ++i) {
+    // the merged report links the panels in the shards' folders
+    const std::string panel = dmj["mistakes"][i]["panel"];
+    CHECK(panel.rfind("../dg", 0) == 0);
+    CHECK(fs::exists(dir + "/dgm/" + panel));
+    for (json* s : {&dw, &dmj}) {
+      (*s)["mistakes"][i].erase("panel");
+      (*s)["mistakes"][i].erase("thumbnail");
+    }
+  }
+  CHECK(dw.dump() == dmj.dump());
+  std::ifstream html(dir + "/dgm/index.html");
+  const std::string page((std::istreambuf_iterator<char>(html)), std::istreambuf_iterator<char>());
+  CHECK_THAT(page, Contains("../dg"));
+}

@@ -21,6 +21,7 @@
 #include "common.hpp"
 #include "diagnose.hpp"
 #include "image_sets.hpp"
+#include "shard.hpp"
 
 namespace gradcam_cli {
 
@@ -57,6 +58,10 @@ struct DiagnoseRun {
       : a(args), device(a.common.device), module(gradcam::load_model(a.common.model, device)),
         items(read_set(a.annotations, a.images_dir, true)) {
     if (a.limit > 0 && items.size() > static_cast<size_t>(a.limit)) items.resize(static_cast<size_t>(a.limit));
+    const Shard shard = parse_shard(a.common.shard);
+    items = take_shard(items, shard, [&](const Item& it) { return shard_key(it.path, a.images_dir); });
+    found.settings = {{"annotations", a.annotations}, {"images_folder", a.images_dir}};
+    if (shard.on()) found.settings["shard"] = shard.str();
     if (!a.common.labels.empty()) labels = gradcam::Labels::read(a.common.labels);
     truth = resolve_labels(items, labels, a.common.labels, a.annotations.empty());
   }
@@ -161,41 +166,6 @@ void diagnose_batch(DiagnoseRun& run, const ImageBatch& batch) {
   run.done += batch.images.size();
 }
 
-/// Confusions, worst (most frequent) first; mistakes grouped by confusion in that order, each
-/// group by the predicted class's probability, highest first.
-void rank_confusions(Diagnosis& d) {
-  for (const auto& [tp, n] : d.confusion)
-    if (tp.first != tp.second) d.pairs.emplace_back(n, tp.first, tp.second);
-  std::sort(d.pairs.begin(), d.pairs.end(), [](const auto& l, const auto& r) {
-    if (std::get<0>(l) != std::get<0>(r)) return std::get<0>(l) > std::get<0>(r);
-    return std::make_pair(std::get<1>(l), std::get<2>(l)) < std::make_pair(std::get<1>(r), std::get<2>(r));
-  });
-  std::map<std::pair<int64_t, int64_t>, size_t> rank;
-  for (size_t i = 0; i < d.pairs.size(); ++i) rank[{std::get<1>(d.pairs[i]), std::get<2>(d.pairs[i])}] = i;
-  std::stable_sort(d.mistakes.begin(), d.mistakes.end(), [&](const Mistake& l, const Mistake& r) {
-    const size_t a1 = rank[{l.truth, l.predicted}], b1 = rank[{r.truth, r.predicted}];
-    if (a1 != b1) return a1 < b1;
-    return l.p_pred > r.p_pred;
-  });
-}
-
-json summary_json(const Diagnosis& d) {
-  json summary = {{"model", d.model}, {"layer", d.layer}, {"images", d.evaluated}, {"unreadable", d.unreadable},
-                  {"correct", d.correct},
-                  {"accuracy", d.evaluated ? static_cast<double>(d.correct) / static_cast<double>(d.evaluated) : 0.0},
-                  {"mistakes", json::array()}, {"confusions", json::array()}};
-  for (const auto& m : d.mistakes) {
-    summary["mistakes"].push_back({{"image", m.image}, {"true", m.truth}, {"true_label", d.name_of(m.truth)},
-                                   {"predicted", m.predicted}, {"predicted_label", d.name_of(m.predicted)},
-                                   {"p_true", m.p_true}, {"p_predicted", m.p_pred}, {"panel", m.panel}, {"thumbnail", m.thumb}});
-  }
-  for (const auto& [n, t, p] : d.pairs) {
-    summary["confusions"].push_back({{"true", t}, {"true_label", d.name_of(t)}, {"predicted", p},
-                                     {"predicted_label", d.name_of(p)}, {"count", n}});
-  }
-  return summary;
-}
-
 int run_diagnose(const DiagnoseArgs& a) {
   DiagnoseRun run(a);
   make_dir(a.out);
@@ -235,6 +205,7 @@ Subcommand add_diagnose(CLI::App* d) {
   d->add_option("--alpha", da->alpha, "heatmap opacity")->check(real_number(0, 1))->capture_default_str();
   d->add_option("--panel-height", da->panel_height, "tile height in pixels")->check(whole_number(32, 2048))->capture_default_str();
   d->add_option("--limit", da->limit, "use only the first N images (0: all)")->check(whole_number(0));
+  add_shard(d, da->common.shard);
   return {&da->common, [da] { return run_diagnose(*da); }};
 }
 

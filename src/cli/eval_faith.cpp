@@ -23,6 +23,8 @@
 #include "batches.hpp"
 #include "commands.hpp"
 #include "common.hpp"
+#include "faith_report.hpp"
+#include "shard.hpp"
 #include "image_sets.hpp"
 
 namespace gradcam_cli {
@@ -44,12 +46,6 @@ struct FaithArgs {
   std::string report = "eval_faith.json";
 };
 
-/// Sums per method for eval-faith.
-struct FaithSums {
-  double n = 0, deletion = 0, insertion = 0, drop = 0, increase = 0, morf = 0, lerf = 0;
-  std::vector<double> deletion_curve, insertion_curve;
-};
-
 /// One `eval-faith` run: its model, explainer, images and sums.
 struct FaithRun {
   const FaithArgs& a;
@@ -63,16 +59,20 @@ struct FaithRun {
   gradcam::ScoreModel model;
   gradcam::CurveOptions curve_opts;
   gradcam::RoadOptions road_opts;
-  std::map<std::string, FaithSums> sums;
+  std::map<std::string, FaithCounts> sums;
+  Shard shard;
   std::vector<at::Tensor> sanity_inputs;
   std::vector<int64_t> sanity_classes;
   size_t done = 0, unreadable = 0;
 
   explicit FaithRun(const FaithArgs& args)
       : a(args), device(a.common.device), module(gradcam::load_model(a.common.model, device)),
-        metrics(a.metrics.begin(), a.metrics.end()) {
+        metrics(a.metrics.begin(), a.metrics.end()), shard(parse_shard(a.common.shard)) {
+    GRADCAM_CHECK(!shard.on() || a.sanity == 0, "--sanity checks the first images of the whole set; run it without "
+                  "--shard (the shards' reports are merged without it)");
     if (!a.common.labels.empty()) labels = gradcam::Labels::read(a.common.labels);
     read_items();
+    items = take_shard(items, shard, [&](const auto& item) { return shard_key(item.first, a.images_dir); });
     cam = std::make_unique<gradcam::GradCAM>(module, options());
     layer = cam->layers().empty() ? std::string("(input)") : cam->layers().front();
     model = gradcam::score_model(module);
@@ -132,36 +132,59 @@ struct FaithRun {
   }
 };
 
-/// Adds the metrics of every method on the images `x` (their results `r`) to the sums.
-void add_metrics(FaithRun& run, const at::Tensor& x, const gradcam::GradCAMResult& r, const at::Tensor& classes) {
-  auto add_curve = [](std::vector<double>& acc, const at::Tensor& scores) {
-    const at::Tensor total = scores.sum(0);
-    acc.resize(static_cast<size_t>(total.size(0)), 0.0);
-    for (int64_t k = 0; k < total.size(0); ++k) acc[static_cast<size_t>(k)] += total[k].item<double>();
-  };
+/// FNV-1a, 64 bits: a seed from an image's path that every platform and run computes alike.
+uint64_t path_seed(const std::string& key) {
+  uint64_t h = 1469598103934665603ull;
+  for (unsigned char c : key) h = (h ^ c) * 1099511628211ull;
+  return h;
+}
+
+/// ROAD of each image on its own, its imputation noise seeded from its path (relative to
+/// --images): an image's noise, and so its score, does not depend on the images batched with it,
+/// so a run's shards give the whole run's numbers. [N, fractions] per order.
+gradcam::RoadResult road_per_image(const FaithRun& run, const at::Tensor& x, const at::Tensor& sal,
+                                   const at::Tensor& classes, const std::vector<std::string>& keys) {
+  std::vector<at::Tensor> morf, lerf;
+  for (int64_t k = 0; k < x.size(0); ++k) {
+    const auto opts = gradcam::RoadOptions(run.road_opts).seed(path_seed(keys[static_cast<size_t>(k)]));
+    auto c = gradcam::road(run.model, x.narrow(0, k, 1), sal.narrow(0, k, 1), classes.narrow(0, k, 1), opts);
+    morf.push_back(c.most_relevant_first);
+    lerf.push_back(c.least_relevant_first);
+  }
+  gradcam::RoadResult out;
+  out.most_relevant_first = at::cat(morf, 0);
+  out.least_relevant_first = at::cat(lerf, 0);
+  return out;
+}
+
+/// Adds the metrics of every method on the images `x` (their results `r`, their paths' `keys`) to
+/// the sums, image by image (faith_report.hpp: exact integers, so that shards merge to the whole
+/// run's bits).
+void add_metrics(FaithRun& run, const at::Tensor& x, const gradcam::GradCAMResult& r, const at::Tensor& classes,
+                 const std::vector<std::string>& keys) {
   for (const auto& method : run.a.methods) {
-    FaithSums& s = run.sums[method];
+    FaithCounts& s = run.sums[method];
     const at::Tensor sal = run.saliency(r, method);
-    s.n += static_cast<double>(x.size(0));
+    s.n += x.size(0);
     if (run.metrics.count("deletion")) {
       auto c = gradcam::deletion_curve(run.model, x, sal, classes, run.curve_opts);
-      s.deletion += c.auc.sum().item<double>();
-      add_curve(s.deletion_curve, c.scores);
+      add_each(s.deletion, c.auc);
+      add_rows(s.deletion_curve, c.scores);
     }
     if (run.metrics.count("insertion")) {
       auto c = gradcam::insertion_curve(run.model, x, sal, classes, run.curve_opts);
-      s.insertion += c.auc.sum().item<double>();
-      add_curve(s.insertion_curve, c.scores);
+      add_each(s.insertion, c.auc);
+      add_rows(s.insertion_curve, c.scores);
     }
     if (run.metrics.count("drop")) {
       auto c = gradcam::confidence_change(run.model, x, sal, classes);
-      s.drop += c.drop.sum().item<double>();
-      s.increase += c.increase.to(at::kDouble).sum().item<double>();
+      add_each(s.drop, c.drop);
+      add_each(s.increase, c.increase);
     }
     if (run.metrics.count("road")) {
-      auto c = gradcam::road(run.model, x, sal, classes, run.road_opts);
-      s.morf += c.most_relevant_first.mean(1).sum().item<double>();
-      s.lerf += c.least_relevant_first.mean(1).sum().item<double>();
+      auto c = road_per_image(run, x, sal, classes, keys);
+      add_each(s.morf, c.most_relevant_first.mean(1));
+      add_each(s.lerf, c.least_relevant_first.mean(1));
     }
   }
 }
@@ -193,32 +216,14 @@ void faith_batch(FaithRun& run, const ImageBatch& batch) {
   }
   if (run.labels.size() > 0) check_label_count(run.labels, run.a.common.labels, r.logits.size(1));
   const at::Tensor classes = r.classes.select(1, 0).contiguous();
-  add_metrics(run, x, r, classes);
+  std::vector<std::string> keys;
+  for (int64_t k : keep) keys.push_back(shard_key(batch.images[static_cast<size_t>(k)].path, run.a.images_dir));
+  add_metrics(run, x, r, classes, keys);
   for (int64_t k = 0; k < x.size(0) && static_cast<int>(run.sanity_inputs.size()) < run.a.sanity; ++k) {
     run.sanity_inputs.push_back(x.narrow(0, k, 1));
     run.sanity_classes.push_back(classes[k].item<int64_t>());
   }
   run.done += static_cast<size_t>(x.size(0));
-}
-
-/// A method's means over the images: AUCs, mean curves, Average Drop, ROAD.
-json method_means(const FaithRun& run, const FaithSums& s) {
-  json m = json::object();
-  if (s.n <= 0) return m;
-  auto mean_curve = [&](const std::vector<double>& c) {
-    json arr = json::array();
-    for (double v : c) arr.push_back(v / s.n);
-    return arr;
-  };
-  if (run.metrics.count("deletion")) m["deletion_auc"] = s.deletion / s.n, m["deletion_curve"] = mean_curve(s.deletion_curve);
-  if (run.metrics.count("insertion")) m["insertion_auc"] = s.insertion / s.n, m["insertion_curve"] = mean_curve(s.insertion_curve);
-  if (run.metrics.count("drop")) m["average_drop"] = s.drop / s.n, m["increase_in_confidence"] = 100 * s.increase / s.n;
-  if (run.metrics.count("road")) {
-    m["road_morf"] = s.morf / s.n;
-    m["road_lerf"] = s.lerf / s.n;
-    m["road_combined"] = (s.lerf - s.morf) / (2 * s.n);
-  }
-  return m;
 }
 
 /// Sanity check (Adebayo et al.): cascading randomisation on the first --sanity images.
@@ -245,22 +250,25 @@ void sanity_check(const FaithRun& run, json& per_method) {
   }
 }
 
-json faith_report(const FaithRun& run, double wall) {
+json run_report(const FaithRun& run, double wall) {
   const FaithArgs& a = run.a;
-  json report = {{"model", a.common.model}, {"layer", run.layer}, {"images", run.done - run.unreadable},
-                 {"unreadable", run.unreadable}, {"interrupted", g_interrupted.load()},
-                 {"explained", a.annotations.empty() ? "predicted class" : "true class"},
-                 {"steps", a.steps}, {"seconds", wall}};
-  json per_method = json::object();
-  for (const auto& method : a.methods) {
-    const auto s = run.sums.find(method);
-    per_method[method] = s == run.sums.end() ? json::object() : method_means(run, s->second);
-  }
+  FaithReportParts p;
+  p.settings = {{"model", a.common.model}, {"layer", run.layer},
+                {"explained", a.annotations.empty() ? "predicted class" : "true class"}, {"steps", a.steps},
+                {"metrics", a.metrics}, {"annotations", a.annotations}};
+  if (run.shard.on()) p.settings["shard"] = run.shard.str();
+  p.methods = a.methods;
+  p.metrics = run.metrics;
+  p.counts = run.sums;
+  p.images = run.done - run.unreadable;
+  p.unreadable = run.unreadable;
+  p.interrupted = g_interrupted.load();
+  p.seconds = wall;
+  json report = faith_report(p);
   if (!run.sanity_inputs.empty() && !g_interrupted) {
-    sanity_check(run, per_method);
+    sanity_check(run, report["methods"]);
     report["sanity_images"] = run.sanity_inputs.size();
   }
-  report["methods"] = per_method;
   return report;
 }
 
@@ -290,7 +298,7 @@ int run_eval_faith(const FaithArgs& a) {
   for_each_batch(paths, a.common, "skipping unreadable image ", run.unreadable, run.done, progress,
                  [&](const ImageBatch& batch) { faith_batch(run, batch); });
   const double wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count();
-  const json report = faith_report(run, wall);
+  const json report = run_report(run, wall);
   write_atomically(a.report, report.dump(2) + "\n");
   print_faith_table(run, report, wall);
   if (g_interrupted) return 130;
@@ -317,6 +325,7 @@ Subcommand add_eval_faith(CLI::App* faith) {
   faith->add_option("--perturbation-batch", fa->perturbation_batch, "scorecam / ablationcam: perturbed images per forward pass (0: 32, or with GRADCAM_MALLOC=default the library's default: 1 on the CPU, 32 on a GPU)")
       ->check(whole_number(1))->capture_default_str();
   faith->add_option("--report", fa->report, "JSON report to write")->capture_default_str();
+  add_shard(faith, fa->common.shard);
   return {&fa->common, [fa] { return run_eval_faith(*fa); }};
 }
 
