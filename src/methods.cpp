@@ -100,6 +100,14 @@ Prepared prepare_eigen_cam(const PrepareInputs& in) {
 
 Weighted eigen_cam_map(const MethodInputs& in) { return in.prepared.eigen; }
 
+/// EigenGradCAM: EigenCAM of the element-wise product g * A, whose principal component follows the
+/// class (the sign as eigen_cam chooses it: positive correlation with sum_k g_k A_k, HiResCAM's map).
+Weighted eigen_grad_cam(const MethodInputs& in) { return eigen_cam(in.g * in.a); }
+
+/// Grad-CAM element-wise: the ReLU inside the channel sum, so that no position's negative products
+/// cancel another channel's positive ones.
+Weighted grad_cam_elementwise(const MethodInputs& in) { return {at::relu(in.g * in.a).sum(1, /*keepdim=*/true), {}}; }
+
 // ---- CAM: the linear layer after global average pooling ----
 
 /// Finds the linear layer after global pooling: `path` (a module path) or, if empty, the last
@@ -375,6 +383,7 @@ constexpr const char* kXGradCamScript =
     "return self._weighted(self._safe_div((g * a).sum([2, 3]), a.sum([2, 3])), a)";
 constexpr const char* kHiResCamScript = "return (g * a).sum(1, keepdim=True)";
 constexpr const char* kLayerCamScript = "return (torch.relu(g) * a).sum(1, keepdim=True)";
+constexpr const char* kElementWiseScript = "return torch.relu(g * a).sum(1, keepdim=True)";
 
 const MethodRow kMethods[] = {
     {Method::gradcam, "gradcam", true, false, nullptr, grad_cam, kGradCamScript},
@@ -385,6 +394,8 @@ const MethodRow kMethods[] = {
     {Method::scorecam, "scorecam", false, true, prepare_perturbed<Method::scorecam>, score_cam, nullptr},
     {Method::ablationcam, "ablationcam", false, true, prepare_perturbed<Method::ablationcam>, ablation_cam, nullptr},
     {Method::eigencam, "eigencam", false, false, prepare_eigen_cam, eigen_cam_map, nullptr},
+    {Method::eigengradcam, "eigengradcam", true, false, nullptr, eigen_grad_cam, nullptr},
+    {Method::gradcam_elementwise, "gradcamelementwise", true, false, nullptr, grad_cam_elementwise, kElementWiseScript},
     {Method::cam, "cam", false, false, prepare_cam, cam_map, nullptr},
     {Method::rollout, "rollout", false, false, prepare_rollout, rollout_map, nullptr},
 };

@@ -170,7 +170,7 @@ TEST_CASE("export: bad input gets the error that names it", "[export]") {
   CHECK(r.code == 1);
   CHECK_THAT(r.out, test::Contains("gradcam: error: export: method 'scorecam' cannot be exported (it needs more than "
                                    "the layer's gradient); the exportable methods are: gradcam, gradcam++, xgradcam, "
-                                   "hirescam, layercam"));
+                                   "hirescam, layercam, gradcamelementwise"));
   r = run(cli() + " export" + model + " --method gradcamx --out " + dir + "/e.pt");
   CHECK(r.code == 1);
   CHECK_THAT(r.out, test::Contains("unknown method 'gradcamx'"));

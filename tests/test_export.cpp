@@ -64,7 +64,7 @@ TEST_CASE("an exported explainer gives GradCAM's scores, classes and maps for ev
   // interpolation), so the bound there is 1e-6.
   const std::vector<gradcam::Method> methods = {gradcam::Method::gradcam, gradcam::Method::gradcam_pp,
                                                 gradcam::Method::xgradcam, gradcam::Method::hirescam,
-                                                gradcam::Method::layercam};
+                                                gradcam::Method::layercam, gradcam::Method::gradcam_elementwise};
   for (const std::string name : {"resnet18_script", "resnet18_trace"}) {
     const auto model = test::model(name);
     for (const auto method : test::quick() ? std::vector<gradcam::Method>{methods[1]} : methods) {
@@ -192,7 +192,7 @@ TEST_CASE("export refuses what it cannot export, by name", "[export]") {
   const auto resnet = test::model("resnet18_script");
   CHECK_THROWS_WITH(gradcam::explainer_module(resnet, gradcam::ExportOptions().layer("layer4").method(gradcam::Method::scorecam)),
                     Equals("export: method 'scorecam' cannot be exported (it needs more than the layer's gradient); "
-                           "the exportable methods are: gradcam, gradcam++, xgradcam, hirescam, layercam"));
+                           "the exportable methods are: gradcam, gradcam++, xgradcam, hirescam, layercam, gradcamelementwise"));
   CHECK_THROWS_WITH(gradcam::explainer_module(resnet, gradcam::ExportOptions().layer("layer4").topk(1001)),
                     Equals("export: topk 1001 is more than the model's 1000 classes"));
   CHECK_THROWS_WITH(gradcam::explainer_module(resnet, gradcam::ExportOptions().layer("layer4").topk(0)),

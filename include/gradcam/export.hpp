@@ -26,9 +26,9 @@ class ExportOptions {
   /// The layer: a module path, a frozen model's "%value", or "auto" (default), resolved as
   /// GradCAMOptions resolves it, on input_shape. It must be called once per forward pass.
   GRADCAM_ARG(std::string, layer) = "auto";
-  /// A gradient method: gradcam (default), gradcam++, xgradcam, hirescam or layercam. The others
-  /// need more than one gradient (Score-CAM, Ablation-CAM: extra forward passes; EigenCAM: an SVD
-  /// per sample) and are refused by name.
+  /// A gradient method: gradcam (default), gradcam++, xgradcam, hirescam, layercam or
+  /// gradcamelementwise. The others need more than the layer's gradient (Score-CAM, Ablation-CAM:
+  /// extra forward passes; EigenCAM, EigenGradCAM: an SVD per sample) and are refused by name.
   GRADCAM_ARG(Method, method) = Method::gradcam;
   /// Maps for the k highest-scoring classes (top-k), K = topk. Default 1.
   GRADCAM_ARG(int64_t, topk) = 1;

@@ -57,6 +57,8 @@ enum class Method {
   scorecam,     ///< Score-CAM (Wang 2020): w = softmax_k y(X * norm(up(A_k))); batched forwards
   ablationcam,  ///< Ablation-CAM (Desai 2020): w_k = (y - y with A_k zeroed) / y; batched
   eigencam,     ///< EigenCAM (Muhammad 2020): projection of A on its first principal component
+  eigengradcam,  ///< EigenGradCAM (pytorch-grad-cam): EigenCAM of g * A, so class-discriminative
+  gradcam_elementwise,  ///< Grad-CAM element-wise (pytorch-grad-cam): ReLU(sum_k ReLU(g_k * A_k))
   cam,          ///< CAM (Zhou 2016): ReLU(sum_k W_ck A_k), W the linear layer after global pooling
   rollout,      ///< Attention rollout (Abnar & Zuidema 2020), transformers with nn.MultiheadAttention:
                 ///< R = prod_l (A_l + I) / 2 over the model's self-attention calls (A_l averaged over
@@ -65,7 +67,7 @@ enum class Method {
 };
 
 /// "gradcam", "gradcam++", "xgradcam", "hirescam", "layercam", "scorecam", "ablationcam",
-/// "eigencam", "cam", "rollout".
+/// "eigencam", "eigengradcam", "gradcamelementwise", "cam", "rollout".
 const char* method_name(Method method);
 /// The method with that name (case-insensitive, also "gradcampp"); throws gradcam::Error listing
 /// the names.

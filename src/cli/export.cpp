@@ -61,8 +61,8 @@ int run_export(const ExportArgs& a) {
 Subcommand add_export(CLI::App* sub) {
   auto a = std::make_shared<ExportArgs>();
   add_common(sub, a->common);
-  sub->add_option("--method", a->method, "the CAM method the module computes: gradcam, gradcam++, xgradcam, hirescam "
-                  "or layercam")->capture_default_str();
+  sub->add_option("--method", a->method, "the CAM method the module computes: gradcam, gradcam++, xgradcam, hirescam, "
+                  "layercam or gradcamelementwise")->capture_default_str();
   sub->add_option("--topk", a->topk, "maps for the K highest-scoring classes")->check(whole_number(1))->capture_default_str();
   sub->add_flag("--upsample", a->upsample, "maps upsampled to the input's size (default: the layer's resolution)");
   sub->add_option("--size", a->size, "the input height and width the export is checked on (default: the crop, else "
