@@ -5,6 +5,7 @@
 #include "methods.hpp"
 
 #include <ATen/ATen.h>
+#include <ATen/CPUGeneratorImpl.h>
 #include <c10/core/GradMode.h>
 
 #include <algorithm>
@@ -107,6 +108,18 @@ Weighted eigen_grad_cam(const MethodInputs& in) { return eigen_cam(in.g * in.a);
 /// Grad-CAM element-wise: the ReLU inside the channel sum, so that no position's negative products
 /// cancel another channel's positive ones.
 Weighted grad_cam_elementwise(const MethodInputs& in) { return {at::relu(in.g * in.a).sum(1, /*keepdim=*/true), {}}; }
+
+// ---- RandomCAM: a baseline for the metrics ----
+
+/// Weights uniform in [-1, 1] per sample and channel. The generator is seeded with 0 at every
+/// call, so a map is reproducible, and drawn in float64 on the CPU whatever A's dtype and device:
+/// the same numbers PyTorch's torch.rand(N, K, generator=torch.Generator().manual_seed(0),
+/// dtype=torch.float64) gives (the reference, make_method_refs.py).
+Weighted random_cam(const MethodInputs& in) {
+  auto gen = at::make_generator<at::CPUGeneratorImpl>(0);
+  const at::Tensor u = at::rand({in.a.size(0), in.a.size(1)}, gen, at::TensorOptions().dtype(at::kDouble));
+  return from_weights((u * 2 - 1).to(in.a.options()), in.a);
+}
 
 // ---- CAM: the linear layer after global average pooling ----
 
@@ -396,6 +409,7 @@ const MethodRow kMethods[] = {
     {Method::eigencam, "eigencam", false, false, prepare_eigen_cam, eigen_cam_map, nullptr},
     {Method::eigengradcam, "eigengradcam", true, false, nullptr, eigen_grad_cam, nullptr},
     {Method::gradcam_elementwise, "gradcamelementwise", true, false, nullptr, grad_cam_elementwise, kElementWiseScript},
+    {Method::randomcam, "randomcam", false, false, nullptr, random_cam, nullptr},
     {Method::cam, "cam", false, false, prepare_cam, cam_map, nullptr},
     {Method::rollout, "rollout", false, false, prepare_rollout, rollout_map, nullptr},
 };

@@ -3,6 +3,8 @@
 // perturbation methods' batching invariant, CAM's head check, and multi-layer fusion.
 #include "catch.hpp"
 
+#include <cmath>
+
 #include <ATen/ATen.h>
 #include <torch/csrc/jit/api/module.h>
 
@@ -243,4 +245,30 @@ TEST_CASE("the forward cut at a layer gives the model's own output, sample by sa
   const gradcam::detail::Forward toy_forward(toy, spec);
   CHECK(SplitForward::make(toy_forward, 0) == nullptr);  // block runs twice: no one place to cut
   CHECK(SplitForward::make(toy_forward, 1) != nullptr);
+}
+
+TEST_CASE("RandomCAM: reproducible weights, uniform in [-1, 1], and a map that is their weighted sum", "[methods]") {
+  // (its map equals the PyTorch reference in the cases above, which draw the same seeded numbers)
+  const test::Ref ref("methods_resnet18");
+  auto module = test::model("methods_resnet18");
+  const at::Tensor x = ref.get("input");
+  gradcam::GradCAM cam(module, gradcam::GradCAMOptions("layer4").methods({Method::randomcam}).keep_weights(true)
+                                   .keep_activations(true).keep_signed(true));
+  const auto r = cam.compute(x, gradcam::Target::classes({3, 517}));
+  const auto& m = r.get("layer4", 0, 0, Method::randomcam);
+  CHECK(at::equal(m.map, cam.compute(x, gradcam::Target::classes({3, 517})).get("layer4", 0, 0, Method::randomcam).map));
+  const at::Tensor w = m.weights.to(at::kDouble);
+  REQUIRE(w.sizes() == std::vector<int64_t>{2, 512});
+  CHECK(w.min().item<double>() >= -1);
+  CHECK(w.max().item<double>() <= 1);
+  CHECK_FALSE(at::equal(w[0], w[1]));  // each sample draws its own
+  // 1,024 uniform draws on [-1, 1]: mean 0 (standard error sqrt(1/3 / 1024) = 0.018) and variance
+  // 1/3 (standard error sqrt((1/5 - 1/9) / 1024) = 0.0093); 4 standard errors each
+  const double n = 1024;
+  CHECK(std::abs(w.mean().item<double>()) < 4 * std::sqrt(1.0 / 3 / n));
+  CHECK(std::abs(w.var(/*unbiased=*/false).item<double>() - 1.0 / 3) < 4 * std::sqrt((1.0 / 5 - 1.0 / 9) / n));
+  // the signed map is sum_k w_k A_k, computed here in float64
+  const at::Tensor a = m.activations.to(at::kDouble);
+  const at::Tensor want = (w.view({2, 512, 1, 1}) * a).sum(1, true);
+  CHECK(test::rel_err(m.map_signed, want) < 1e-5);
 }

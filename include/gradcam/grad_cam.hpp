@@ -59,6 +59,8 @@ enum class Method {
   eigencam,     ///< EigenCAM (Muhammad 2020): projection of A on its first principal component
   eigengradcam,  ///< EigenGradCAM (pytorch-grad-cam): EigenCAM of g * A, so class-discriminative
   gradcam_elementwise,  ///< Grad-CAM element-wise (pytorch-grad-cam): ReLU(sum_k ReLU(g_k * A_k))
+  randomcam,    ///< RandomCAM, a baseline for the metrics: ReLU(sum_k w_k A_k), w uniform in [-1, 1]
+                ///< per sample and channel, from a generator seeded with 0 at every call
   cam,          ///< CAM (Zhou 2016): ReLU(sum_k W_ck A_k), W the linear layer after global pooling
   rollout,      ///< Attention rollout (Abnar & Zuidema 2020), transformers with nn.MultiheadAttention:
                 ///< R = prod_l (A_l + I) / 2 over the model's self-attention calls (A_l averaged over
@@ -67,7 +69,7 @@ enum class Method {
 };
 
 /// "gradcam", "gradcam++", "xgradcam", "hirescam", "layercam", "scorecam", "ablationcam",
-/// "eigencam", "eigengradcam", "gradcamelementwise", "cam", "rollout".
+/// "eigencam", "eigengradcam", "gradcamelementwise", "randomcam", "cam", "rollout".
 const char* method_name(Method method);
 /// The method with that name (case-insensitive, also "gradcampp"); throws gradcam::Error listing
 /// the names.

@@ -422,7 +422,7 @@ Subcommand add_explain(CLI::App* explain) {
   explain->add_option("--topk", ex->topk, "explain the K best classes of each image")->check(whole_number(1))->excludes(cls);
   std::vector<std::string> explain_methods = cam_method_names();
   for (const char* m : {"counterfactual", "guided", "deconvnet", "guided-gradcam", "deconvnet-gradcam"}) explain_methods.emplace_back(m);
-  explain->add_option("--method", ex->methods, "gradcam, gradcam++, xgradcam, hirescam, layercam, scorecam, ablationcam, eigencam, eigengradcam, gradcamelementwise, cam, rollout, counterfactual, guided, deconvnet, guided-gradcam, deconvnet-gradcam (several allowed)")
+  explain->add_option("--method", ex->methods, "gradcam, gradcam++, xgradcam, hirescam, layercam, scorecam, ablationcam, eigencam, eigengradcam, gradcamelementwise, randomcam, cam, rollout, counterfactual, guided, deconvnet, guided-gradcam, deconvnet-gradcam (several allowed)")
       ->expected(1, -1)
       ->check(CLI::IsMember(explain_methods))
       ->capture_default_str();
