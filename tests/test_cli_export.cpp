@@ -187,4 +187,18 @@ TEST_CASE("export: bad input gets the error that names it", "[export]") {
   CHECK(r.code == 1);
   CHECK_THAT(r.out, test::Contains("export runs on the CPU, got --device cuda"));
   CHECK(std::distance(fs::directory_iterator(dir), fs::directory_iterator()) == 0);  // nothing written
+
+  // Ctrl-C once the process catches it: exit 130, and either nothing or the whole checked file,
+  // never a partial one
+  const auto ri = test::run_interrupted(cli() + " export --model " + test::fixtures() + "/resnet18_script.pt --layer "
+                                        "layer4 --out " + dir + "/r.pt", test::catches_sigint());
+  INFO(ri.out);
+  CHECK(ri.code == 130);
+  for (const auto& e : fs::directory_iterator(dir)) {
+    CHECK(e.path().filename() == "r.pt");
+    CHECK_THAT(ri.out, test::Contains("interrupted after the export had finished"));
+    CHECK(torch::jit::load(e.path().string()).run_method("explained").toGenericDict().at("layer").toStringRef() == "layer4");
+  }
+  if (fs::exists(dir + "/r.pt")) return;
+  CHECK_THAT(ri.out, test::Contains("interrupted: nothing written"));
 }

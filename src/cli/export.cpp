@@ -32,6 +32,9 @@ int run_export(const ExportArgs& a) {
   const Common& c = a.common;
   GRADCAM_CHECK(c.device == "cpu", "export runs on the CPU, got --device ", c.device,
                 "; the file it writes loads on any device (Triton's instance group, or .to(device))");
+  // Ctrl-C does not stop the export halfway (it writes a temporary file beside --out and renames it
+  // once checked): before the export nothing is written; after it the file is whole, and kept
+  InterruptGuard interrupt_guard;
   auto module = gradcam::load_model(c.model);
   // the input the export is checked on, and for token layers the only one it takes: --size, else
   // the crop, else the resized square (as `gradcam layers`)
@@ -45,7 +48,15 @@ int run_export(const ExportArgs& a) {
                            .upsample(a.upsample)
                            .input_shape({1, -1, h, w})
                            .token_layout(cam_options(c, {c.layer}).token_layout());
+  if (g_interrupted) {
+    say() << "interrupted: nothing written\n";
+    return 130;
+  }
   gradcam::export_explainer(module, options, a.out);
+  if (g_interrupted) {
+    say() << "interrupted after the export had finished: " << a.out << " is written and checked\n";
+    return 130;
+  }
   const auto info = torch::jit::load(a.out).run_method("explained").toGenericDict();
   std::printf("exported %s of layer '%s' for the top %d class(es), maps %s; checked against GradCAM on a random "
               "%dx%d input after loading it back; wrote %s\n",
