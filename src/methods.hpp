@@ -86,6 +86,13 @@ struct MethodInputs {
   const Prepared& prepared;    ///< this method's preparation of this activation
 };
 
+/// [N,K] weights broadcast against A [N,K,...] and summed over K: [N,1,...].
+at::Tensor weighted_sum(const at::Tensor& w, const at::Tensor& a);
+
+/// CAM (cam.cpp), the row of Method::cam in kMethods.
+Prepared prepare_cam(const PrepareInputs& in);
+Weighted cam_map(const MethodInputs& in);
+
 /// Attention rollout (rollout.cpp), the row of Method::rollout in kMethods.
 Prepared prepare_rollout(const PrepareInputs& in);
 Weighted rollout_map(const MethodInputs& in);
