@@ -154,19 +154,70 @@ Curve insertion_curve(const ScoreModel& model, const at::Tensor& input, const at
   return curve(true, model, input, saliency, classes, options);
 }
 
+namespace {
+
+/// L(x): the saliency min-max normalised per sample, upsampled to the input, in its type.
+at::Tensor map_at_input(const at::Tensor& saliency, const at::Tensor& input) {
+  const at::Tensor map = normalize(saliency.detach().to(input.device(), at::kDouble));
+  return upsample(map, {input.size(2), input.size(3)}).to(input.scalar_type());
+}
+
+/// Pearson correlation of each sample's values, a and b [N,...]; 0 where either is constant.
+at::Tensor pearson(const at::Tensor& a, const at::Tensor& b) {
+  const at::Tensor x = a.reshape({a.size(0), -1}).to(at::kDouble);
+  const at::Tensor y = b.reshape({b.size(0), -1}).to(at::kDouble);
+  const at::Tensor xc = x - x.mean(1, true);
+  const at::Tensor yc = y - y.mean(1, true);
+  const at::Tensor den = (xc.pow(2).sum(1) * yc.pow(2).sum(1)).sqrt();
+  return at::where(den > 0, (xc * yc).sum(1) / den.clamp_min(1e-300), at::zeros_like(den));
+}
+
+}  // namespace
+
 ConfidenceChange confidence_change(const ScoreModel& model, const at::Tensor& input_,
                                    const at::Tensor& saliency, const at::Tensor& classes) {
   check_args(input_, saliency, classes, "confidence_change");
   const at::Tensor input = input_.detach();
   const at::Tensor cls = classes.to(input.device(), at::kLong);
-  at::Tensor map = normalize(saliency.detach().to(input.device(), at::kDouble));
-  map = upsample(map, {input.size(2), input.size(3)}).to(input.scalar_type());
+  const at::Tensor map = map_at_input(saliency, input);
   c10::NoGradGuard no_grad;
   ConfidenceChange r;
   r.full = class_scores(model, input, cls, true).cpu();
   r.explained = class_scores(model, input * map, cls, true).cpu();
   r.drop = (r.full - r.explained).clamp_min(0) / r.full.clamp_min(1e-300) * 100.0;
   r.increase = r.explained > r.full;
+  r.change = r.explained - r.full;
+  return r;
+}
+
+Adcc adcc(const ScoreModel& model, const at::Tensor& input_, const at::Tensor& saliency,
+          const at::Tensor& classes, const MapFn& explain) {
+  check_args(input_, saliency, classes, "adcc");
+  GRADCAM_CHECK(static_cast<bool>(explain), "adcc: no explain function given");
+  const at::Tensor input = input_.detach();
+  const at::Tensor cls = classes.to(input.device(), at::kLong);
+  const at::Tensor map = map_at_input(saliency, input);
+  const at::Tensor masked = input * map;
+  at::Tensor again;
+  {
+    at::Tensor m = explain(masked, cls);
+    GRADCAM_CHECK(m.defined() && m.dim() == 4 && m.size(0) == input.size(0) && m.size(1) == 1,
+                  "adcc: the explain function returned ", m.defined() ? shape_str(m.sizes()) : "undefined",
+                  " for a batch of ", input.size(0), "; expected maps [N,1,h,w]");
+    GRADCAM_CHECK(at::isfinite(m).all().item<bool>(), "adcc: the map of the masked input has NaN or Inf");
+    again = map_at_input(m, input);
+  }
+  c10::NoGradGuard no_grad;
+  Adcc r;
+  const at::Tensor full = class_scores(model, input, cls, true).cpu();
+  const at::Tensor explained = class_scores(model, masked, cls, true).cpu();
+  r.average_drop = (full - explained).clamp_min(0) / full.clamp_min(1e-300);
+  r.coherency = ((pearson(map, again) + 1) / 2).cpu();
+  r.complexity = map.to(at::kDouble).reshape({map.size(0), -1}).mean(1).cpu();
+  // the harmonic mean of coherency, 1 - complexity and 1 - drop; 0 when any of them is 0
+  const at::Tensor terms = at::stack({r.coherency, 1 - r.complexity, 1 - r.average_drop}, 1);
+  const at::Tensor positive = (terms > 0).all(1);
+  r.adcc = at::where(positive, 3 / (1 / terms.clamp_min(1e-300)).sum(1), at::zeros_like(r.coherency));
   return r;
 }
 

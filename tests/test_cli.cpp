@@ -382,7 +382,7 @@ TEST_CASE("eval-faith: report figures equal the library's metrics", "[cli][faith
   const std::string report = dir + "/faith.json";
   Run r = run(cli() + " eval-faith --model " + demo("digits.pt") + " --annotations " + demo("test/annotations.csv") +
               " --labels " + demo("labels.txt") + " --resize 0 --crop 0 --limit 5 --batch 2 --quiet --steps 10" +
-              " --method gradcam scorecam guided --metrics deletion drop road --sanity 2 --report " + report);
+              " --method gradcam scorecam guided --metrics deletion drop road adcc --sanity 2 --report " + report);
   INFO(r.out);
   REQUIRE(r.code == 0);
   CHECK_THAT(r.out, Contains("| gradcam |") && Contains("| scorecam |") && Contains("| guided |"));
@@ -392,7 +392,8 @@ TEST_CASE("eval-faith: report figures equal the library's metrics", "[cli][faith
   CHECK(rep["explained"] == "true class");
   for (const char* m : {"gradcam", "scorecam", "guided"}) {
     const json& mm = rep["methods"][m];
-    for (const char* k : {"deletion_auc", "average_drop", "increase_in_confidence", "road_morf", "road_lerf", "sanity_final_spearman"})
+    for (const char* k : {"deletion_auc", "average_drop", "increase_in_confidence", "confidence_change", "road_morf",
+                          "road_lerf", "road_combined", "adcc", "adcc_coherency", "adcc_complexity", "sanity_final_spearman"})
       CHECK(mm.contains(k));
     CHECK_FALSE(mm.contains("insertion_auc"));  // not asked for
     CHECK(mm["deletion_curve"].size() == 11);
@@ -413,9 +414,20 @@ TEST_CASE("eval-faith: report figures equal the library's metrics", "[cli][faith
   const at::Tensor c = at::tensor(cls, at::kLong);
   const auto model = gradcam::score_model(module);
   const double del = gradcam::deletion_curve(model, x, map, c, gradcam::CurveOptions().steps(10)).auc.mean().item<double>();
-  const double drop = gradcam::confidence_change(model, x, map, c).drop.mean().item<double>();
-  CHECK(rep["methods"]["gradcam"]["deletion_auc"].get<double>() == Approx(del).epsilon(1e-4));
-  CHECK(rep["methods"]["gradcam"]["average_drop"].get<double>() == Approx(drop).epsilon(1e-4));
+  const auto conf = gradcam::confidence_change(model, x, map, c);
+  const gradcam::MapFn again = [&](const at::Tensor& in, const at::Tensor& k) {
+    std::vector<int64_t> ks(k.data_ptr<int64_t>(), k.data_ptr<int64_t>() + k.numel());
+    return cam.compute(in, gradcam::Target::classes(ks)).maps[0].map;
+  };
+  const auto adcc = gradcam::adcc(model, x, map, c, again);
+  const json& g = rep["methods"]["gradcam"];
+  CHECK(g["deletion_auc"].get<double>() == Approx(del).epsilon(1e-4));
+  CHECK(g["average_drop"].get<double>() == Approx(conf.drop.mean().item<double>()).epsilon(1e-4));
+  CHECK(g["confidence_change"].get<double>() == Approx(conf.change.mean().item<double>()).epsilon(1e-4));
+  CHECK(g["adcc"].get<double>() == Approx(adcc.adcc.mean().item<double>()).epsilon(1e-4));
+  CHECK(g["adcc_coherency"].get<double>() == Approx(adcc.coherency.mean().item<double>()).epsilon(1e-4));
+  CHECK(g["adcc_complexity"].get<double>() == Approx(adcc.complexity.mean().item<double>()).epsilon(1e-4));
+  CHECK(g["road_combined"].get<double>() == Approx((g["road_lerf"].get<double>() - g["road_morf"].get<double>()) / 2));
 
   r = run(cli() + " eval-faith --model " + demo("digits.pt") + " --quiet");
   CHECK(r.code != 0);

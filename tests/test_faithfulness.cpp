@@ -81,6 +81,43 @@ TEST_CASE("Average Drop and Increase in Confidence by hand", "[faithfulness]") {
   CHECK_FALSE(r.increase[0].item<bool>());
   CHECK(r.drop[1].item<double>() == 0.0);
   CHECK(r.increase[1].item<bool>());
+  // the confidence change (pytorch-grad-cam's CamMultImageConfidenceChange): O_c - Y_c
+  CHECK(r.change[0].item<double>() == Approx(sigmoid(masked) - sigmoid(10)));
+  CHECK(r.change[1].item<double>() == Approx(r.explained[1].item<double>() - r.full[1].item<double>()));
+  CHECK(r.change[1].item<double>() > 0);
+}
+
+TEST_CASE("ADCC: average drop, coherency and complexity by hand", "[faithfulness]") {
+  // The explain function returns its input as the map, so the second map is L(x * L(x)) itself.
+  const gradcam::MapFn echo = [](const at::Tensor& in, const at::Tensor&) { return in; };
+  // sample 0: x = 1 2 3 4, map 0 1 2 3 -> L = 0 1/3 2/3 1; x * L = 0 2/3 2 4 -> normalised 0 1/6 1/2 1
+  // sample 1: an all-zero map: L = 0, x * L = 0, a constant second map (correlation 0)
+  const at::Tensor x = at::cat({img({1, 2, 3, 4}, 2, 2), img({1, 2, 3, 4}, 2, 2)});
+  const at::Tensor sal = at::cat({img({0, 1, 2, 3}, 2, 2), img({0, 0, 0, 0}, 2, 2)});
+  const auto r = gradcam::adcc(sum_model, x, sal, at::tensor({0, 0}, at::kLong), echo);
+  // Pearson of (0, 1/3, 2/3, 1) and (0, 1/6, 1/2, 1): centred sums 5/9 (cross), 5/9 and 7/12
+  const double rho = (5.0 / 9) / std::sqrt(5.0 / 9 * 7.0 / 12);
+  const double drop0 = (sigmoid(10) - sigmoid(0 + 2.0 / 3 + 2 + 4)) / sigmoid(10);
+  const double drop1 = (sigmoid(10) - sigmoid(0)) / sigmoid(10);
+  CHECK(r.average_drop[0].item<double>() == Approx(drop0));
+  CHECK(r.average_drop[1].item<double>() == Approx(drop1));
+  CHECK(r.coherency[0].item<double>() == Approx((1 + rho) / 2));
+  CHECK(r.coherency[1].item<double>() == 0.5);
+  CHECK(r.complexity[0].item<double>() == Approx(0.5));
+  CHECK(r.complexity[1].item<double>() == 0.0);
+  CHECK(r.adcc[0].item<double>() == Approx(3 / (2 / (1 + rho) + 1 / 0.5 + 1 / (1 - drop0))));
+  CHECK(r.adcc[1].item<double>() == Approx(3 / (1 / 0.5 + 1 / 1.0 + 1 / (1 - drop1))));
+
+  // a map of the masked input that is the first one reversed: correlation -1, coherency 0, ADCC 0
+  const at::Tensor flat = img({1, 1, 1, 1}, 2, 2);
+  const gradcam::MapFn negate = [](const at::Tensor& in, const at::Tensor&) { return -in; };
+  const auto z = gradcam::adcc(sum_model, flat, img({0, 1, 2, 3}, 2, 2), at::tensor({0}, at::kLong), negate);
+  CHECK(z.coherency[0].item<double>() == Approx(0.0).margin(1e-12));
+  CHECK(z.adcc[0].item<double>() == Approx(0.0).margin(1e-12));
+
+  const gradcam::MapFn wrong = [](const at::Tensor& in, const at::Tensor&) { return in.squeeze(1); };
+  CHECK_THROWS_WITH(gradcam::adcc(sum_model, x, sal, at::tensor({0, 0}, at::kLong), wrong),
+                    test::Contains("adcc: the explain function returned [2, 2, 2] for a batch of 2; expected maps [N,1,h,w]"));
 }
 
 TEST_CASE("linear imputation equals a dense solve", "[faithfulness][road]") {

@@ -73,9 +73,34 @@ struct ConfidenceChange {
   at::Tensor explained;  ///< [N] O_c: probability on input * map
   at::Tensor drop;       ///< [N] 100 * max(0, Y_c - O_c) / Y_c; the Average Drop is its mean
   at::Tensor increase;   ///< [N] bool, O_c > Y_c; Increase in Confidence is 100 * its mean
+  /// [N] O_c - Y_c: the change in the class's probability when the model sees input * map
+  /// (pytorch-grad-cam's CamMultImageConfidenceChange, there in the target's own score); higher is
+  /// better.
+  at::Tensor change;
 };
 ConfidenceChange confidence_change(const ScoreModel& model, const at::Tensor& input,
                                    const at::Tensor& saliency, const at::Tensor& classes);
+
+/// Returns maps [N,1,h,w] of `input` for `classes` [N], made as the maps under test were (ADCC
+/// explains the masked input again).
+using MapFn = std::function<at::Tensor(const at::Tensor& input, const at::Tensor& classes)>;
+
+/// ADCC (Poppi et al., "Revisiting the evaluation of class activation mapping for explainability",
+/// CVPR workshops 2021), per sample. L(x) is the map min-max normalised and upsampled to the input,
+/// as for Average Drop; the model sees x * L(x).
+struct Adcc {
+  at::Tensor average_drop;  ///< [N] max(0, Y_c - O_c) / Y_c, in [0, 1] (lower is better)
+  /// [N] (1 + Pearson(L(x), L(x * L(x)))) / 2, in [0, 1]: the map of the masked input agrees with
+  /// the map (higher is better). A constant map correlates 0 with anything: coherency 1/2.
+  at::Tensor coherency;
+  at::Tensor complexity;    ///< [N] the mean of L(x) (its L1 norm over the pixels), in [0, 1] (lower is better)
+  /// [N] 3 / (1 / coherency + 1 / (1 - complexity) + 1 / (1 - average_drop)), the harmonic mean of
+  /// the three as each is better higher; 0 where one of them is 0 (higher is better). The paper
+  /// reports the mean over images.
+  at::Tensor adcc;
+};
+Adcc adcc(const ScoreModel& model, const at::Tensor& input, const at::Tensor& saliency,
+          const at::Tensor& classes, const MapFn& explain);
 
 /// Options of road().
 class RoadOptions {

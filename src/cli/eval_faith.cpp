@@ -1,5 +1,6 @@
 // src/cli/eval_faith.cpp: `gradcam eval-faith`: faithfulness of explanations (deletion and
-// insertion AUC, Average Drop, Increase in Confidence, ROAD) and the parameter-randomisation check.
+// insertion AUC, Average Drop, Increase in Confidence, confidence change, ROAD, ADCC) and the
+// parameter-randomisation check.
 #include <ATen/ATen.h>
 #include <torch/csrc/jit/api/module.h>
 
@@ -130,6 +131,21 @@ struct FaithRun {
     if (method == "guided") return r.guided.at(0).abs().sum(1, true);
     return r.get(layer, 0, 0, gradcam::method_from_name(method)).map;
   }
+
+  /// `method` alone as a function of (input, classes), as the randomisation check and ADCC call it.
+  gradcam::ExplainFn explainer(const std::string& method) const {
+    const int batch = command_perturbation_batch(a.perturbation_batch);
+    return [this, method, batch](const torch::jit::Module& m, const at::Tensor& in, const at::Tensor& c) {
+      const at::Tensor cc = c.to(at::kCPU, at::kLong).contiguous();
+      std::vector<int64_t> idx(cc.data_ptr<int64_t>(), cc.data_ptr<int64_t>() + cc.numel());
+      if (method == "guided") {
+        return gradcam::GuidedBackprop(m).compute(in, gradcam::Target::classes(idx)).gradients.at(0).abs().sum(1, true);
+      }
+      const auto meth = gradcam::method_from_name(method);
+      gradcam::GradCAM e(m, cam_options(a.common, {layer}).methods({meth}).perturbation_batch(batch));
+      return e.compute(in, gradcam::Target::classes(idx)).get(layer, 0, 0, meth).map;
+    };
+  }
 };
 
 /// FNV-1a, 64 bits: a seed from an image's path that every platform and run computes alike.
@@ -180,11 +196,20 @@ void add_metrics(FaithRun& run, const at::Tensor& x, const gradcam::GradCAMResul
       auto c = gradcam::confidence_change(run.model, x, sal, classes);
       add_each(s.drop, c.drop);
       add_each(s.increase, c.increase);
+      add_each(s.change, c.change);
     }
     if (run.metrics.count("road")) {
       auto c = road_per_image(run, x, sal, classes, keys);
       add_each(s.morf, c.most_relevant_first.mean(1));
       add_each(s.lerf, c.least_relevant_first.mean(1));
+    }
+    if (run.metrics.count("adcc")) {
+      const gradcam::ExplainFn explain = run.explainer(method);
+      auto c = gradcam::adcc(run.model, x, sal, classes,
+                             [&](const at::Tensor& in, const at::Tensor& cls) { return explain(run.module, in, cls); });
+      add_each(s.coherency, c.coherency);
+      add_each(s.complexity, c.complexity);
+      add_each(s.adcc, c.adcc);
     }
   }
 }
@@ -231,17 +256,8 @@ void sanity_check(const FaithRun& run, json& per_method) {
   const at::Tensor sx = at::cat(run.sanity_inputs, 0);
   const at::Tensor sc = at::tensor(run.sanity_classes, at::TensorOptions().dtype(at::kLong));
   for (const auto& method : run.a.methods) {
-    gradcam::ExplainFn fn = [&](const torch::jit::Module& m, const at::Tensor& in, const at::Tensor& c) {
-      std::vector<int64_t> idx(c.data_ptr<int64_t>(), c.data_ptr<int64_t>() + c.numel());
-      if (method == "guided") {
-        return gradcam::GuidedBackprop(m).compute(in, gradcam::Target::classes(idx)).gradients.at(0).abs().sum(1, true);
-      }
-      const auto meth = gradcam::method_from_name(method);
-      gradcam::GradCAM e(m, cam_options(run.a.common, {run.layer}).methods({meth}).perturbation_batch(command_perturbation_batch(run.a.perturbation_batch)));
-      return e.compute(in, gradcam::Target::classes(idx)).get(run.layer, 0, 0, meth).map;
-    };
     json steps = json::array();
-    for (const auto& st : gradcam::randomization_check(run.module, sx, sc, fn)) {
+    for (const auto& st : gradcam::randomization_check(run.module, sx, sc, run.explainer(method))) {
       steps.push_back({{"module", st.module}, {"spearman", st.correlation.mean().item<double>()}});
     }
     per_method[method]["sanity"] = steps;
@@ -272,18 +288,37 @@ json run_report(const FaithRun& run, double wall) {
   return report;
 }
 
+/// The printed table's columns: the report key, the heading, the digits (one row per metric).
+struct FaithColumn {
+  const char* key;
+  const char* heading;
+  int digits;
+};
+const FaithColumn kFaithColumns[] = {
+    {"deletion_auc", "deletion AUC (lower better)", 3},
+    {"insertion_auc", "insertion AUC (higher)", 3},
+    {"average_drop", "Average Drop % (lower)", 1},
+    {"increase_in_confidence", "Increase in Confidence % (higher)", 1},
+    {"confidence_change", "confidence change (higher)", 3},
+    {"road_morf", "ROAD MoRF (lower)", 3},
+    {"road_lerf", "ROAD LeRF (higher)", 3},
+    {"road_combined", "ROAD combined (higher)", 3},
+    {"adcc", "ADCC (higher)", 3},
+};
+
 void print_faith_table(const FaithRun& run, const json& report, double wall) {
   auto cell = [](const json& m, const char* k, int prec) { return m.contains(k) ? fmt(m[k].get<double>(), prec) : "-"; };
   std::printf("faithfulness at %s, %zu images (%s)%s\n", run.layer.c_str(), run.done - run.unreadable,
               report["explained"].get<std::string>().c_str(), g_interrupted ? " (interrupted)" : "");
-  std::printf("| method | deletion AUC (lower better) | insertion AUC (higher) | Average Drop %% (lower) | Increase in Confidence %% (higher) | ROAD MoRF (lower) | ROAD LeRF (higher) | sanity: Spearman after top layer / all layers |\n");
-  std::printf("| --- | --- | --- | --- | --- | --- | --- | --- |\n");
+  std::string head = "| method |", rule = "| --- |";
+  for (const auto& col : kFaithColumns) head += std::string(" ") + col.heading + " |", rule += " --- |";
+  std::printf("%s sanity: Spearman after top layer / all layers |\n%s --- |\n", head.c_str(), rule.c_str());
   for (const auto& method : run.a.methods) {
     const json& m = report["methods"][method];
-    std::printf("| %s | %s | %s | %s | %s | %s | %s | %s / %s |\n", method.c_str(), cell(m, "deletion_auc", 3).c_str(),
-                cell(m, "insertion_auc", 3).c_str(), cell(m, "average_drop", 1).c_str(),
-                cell(m, "increase_in_confidence", 1).c_str(), cell(m, "road_morf", 3).c_str(), cell(m, "road_lerf", 3).c_str(),
-                cell(m, "sanity_top_spearman", 2).c_str(), cell(m, "sanity_final_spearman", 2).c_str());
+    std::string row = "| " + method + " |";
+    for (const auto& col : kFaithColumns) row += " " + cell(m, col.key, col.digits) + " |";
+    std::printf("%s %s / %s |\n", row.c_str(), cell(m, "sanity_top_spearman", 2).c_str(),
+                cell(m, "sanity_final_spearman", 2).c_str());
   }
   std::printf("(%.1f s; report: %s)\n", wall, run.a.report.c_str());
 }
@@ -316,8 +351,9 @@ Subcommand add_eval_faith(CLI::App* faith) {
   faith_methods.emplace_back("guided");
   faith->add_option("--method", fa->methods, "methods to compare (several allowed): the CAM methods and guided")
       ->expected(1, -1)->check(CLI::IsMember(faith_methods))->capture_default_str();
-  faith->add_option("--metrics", fa->metrics, "deletion, insertion, drop (Average Drop + Increase in Confidence), road")
-      ->expected(0, -1)->check(CLI::IsMember({"deletion", "insertion", "drop", "road"}))->capture_default_str();
+  faith->add_option("--metrics", fa->metrics, "deletion, insertion, drop (Average Drop, Increase in Confidence and the "
+                    "confidence change), road (MoRF, LeRF and combined), adcc (explains each masked image again)")
+      ->expected(0, -1)->check(CLI::IsMember({"deletion", "insertion", "drop", "road", "adcc"}))->capture_default_str();
   faith->add_option("--steps", fa->steps, "deletion / insertion steps")->check(whole_number(1))->capture_default_str();
   faith->add_option("--sanity", fa->sanity, "run the parameter-randomisation check on the first N images (0: off)")
       ->check(whole_number(0))->capture_default_str();

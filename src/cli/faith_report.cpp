@@ -19,11 +19,13 @@ int64_t fixed(double v) { return std::llround(v * kUnit); }
 
 json counts_json(const FaithCounts& c) {
   return {{"n", c.n}, {"deletion", c.deletion}, {"insertion", c.insertion}, {"drop", c.drop},
-          {"increase", c.increase}, {"morf", c.morf}, {"lerf", c.lerf},
+          {"increase", c.increase}, {"morf", c.morf}, {"lerf", c.lerf}, {"change", c.change},
+          {"coherency", c.coherency}, {"complexity", c.complexity}, {"adcc", c.adcc},
           {"deletion_curve", c.deletion_curve}, {"insertion_curve", c.insertion_curve}, {"unit", "2^-32"}};
 }
 
-/// A method's means: AUCs and mean curves, Average Drop and Increase in Confidence, ROAD.
+/// A method's means: AUCs and mean curves, Average Drop, Increase in Confidence and the confidence
+/// change, ROAD, ADCC (the mean of each image's; its three parts' means beside it).
 json means(const FaithCounts& c, const std::set<std::string>& metrics) {
   json m = json::object();
   if (c.n <= 0) return m;
@@ -36,11 +38,20 @@ json means(const FaithCounts& c, const std::set<std::string>& metrics) {
   };
   if (metrics.count("deletion")) m["deletion_auc"] = mean(c.deletion), m["deletion_curve"] = curve(c.deletion_curve);
   if (metrics.count("insertion")) m["insertion_auc"] = mean(c.insertion), m["insertion_curve"] = curve(c.insertion_curve);
-  if (metrics.count("drop")) m["average_drop"] = mean(c.drop), m["increase_in_confidence"] = 100 * mean(c.increase);
+  if (metrics.count("drop")) {
+    m["average_drop"] = mean(c.drop);
+    m["increase_in_confidence"] = 100 * mean(c.increase);
+    m["confidence_change"] = mean(c.change);
+  }
   if (metrics.count("road")) {
     m["road_morf"] = mean(c.morf);
     m["road_lerf"] = mean(c.lerf);
     m["road_combined"] = (mean(c.lerf) - mean(c.morf)) / 2;
+  }
+  if (metrics.count("adcc")) {
+    m["adcc"] = mean(c.adcc);
+    m["adcc_coherency"] = mean(c.coherency);
+    m["adcc_complexity"] = mean(c.complexity);
   }
   return m;
 }
@@ -55,6 +66,10 @@ FaithCounts& FaithCounts::operator+=(const FaithCounts& o) {
   increase += o.increase;
   morf += o.morf;
   lerf += o.lerf;
+  change += o.change;
+  coherency += o.coherency;
+  complexity += o.complexity;
+  adcc += o.adcc;
   auto add = [](std::vector<int64_t>& to, const std::vector<int64_t>& from) {
     if (to.size() < from.size()) to.resize(from.size(), 0);
     for (size_t i = 0; i < from.size(); ++i) to[i] += from[i];
@@ -106,6 +121,10 @@ FaithCounts faith_counts_of(const json& report, const std::string& method, const
   c.increase = j.at("increase").get<int64_t>();
   c.morf = j.at("morf").get<int64_t>();
   c.lerf = j.at("lerf").get<int64_t>();
+  for (auto [key, field] : {std::pair{"change", &c.change}, {"coherency", &c.coherency}, {"complexity", &c.complexity},
+                            {"adcc", &c.adcc}}) {
+    *field = j.value(key, int64_t{0});  // absent in the reports of gradcam before these metrics
+  }
   c.deletion_curve = j.at("deletion_curve").get<std::vector<int64_t>>();
   c.insertion_curve = j.at("insertion_curve").get<std::vector<int64_t>>();
   return c;
