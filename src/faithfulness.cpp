@@ -223,29 +223,56 @@ Adcc adcc(const ScoreModel& model, const at::Tensor& input_, const at::Tensor& s
 
 namespace {
 
+/// The weighted sum of each pixel's 8 neighbours (1/6 edge, 1/12 diagonal; out-of-image
+/// neighbours count 0), into buffers made once: the conjugate gradients below call it every
+/// iteration, and a fresh image-sized tensor per operation cost more than the arithmetic (under
+/// AddressSanitizer, whose allocator maps every large block anew, 60 times the arithmetic).
+class Neighbours {
+ public:
+  explicit Neighbours(const at::Tensor& like)
+      : h_(like.size(2)), w_(like.size(3)),
+        pad_(at::zeros({like.size(0), like.size(1), h_ + 2, w_ + 2}, like.options())),
+        edge_(at::empty_like(like)), corner_(at::empty_like(like)) {}
+
+  /// out = W(x); x and out [N,C,H,W], out not aliasing x.
+  void operator()(const at::Tensor& x, at::Tensor& out) {
+    at_(0, 0).copy_(x);  // the border stays 0
+    at::add_out(edge_, at_(-1, 0), at_(1, 0));
+    edge_.add_(at_(0, -1)).add_(at_(0, 1));
+    at::add_out(corner_, at_(-1, -1), at_(-1, 1));
+    corner_.add_(at_(1, -1)).add_(at_(1, 1));
+    at::add_out(out, edge_.mul_(1.0 / 6), corner_, 1.0 / 12);
+  }
+
+ private:
+  at::Tensor at_(int64_t dy, int64_t dx) const { return pad_.narrow(2, 1 + dy, h_).narrow(3, 1 + dx, w_); }
+  int64_t h_, w_;
+  at::Tensor pad_, edge_, corner_;
+};
+
 /// Preconditioned conjugate gradients for linear_impute on float64 v [N,C,H,W] with removed mask
 /// m (1 = removed, expanded to v's shape), from the initial guess x0 (used on removed pixels).
+/// Every image-sized tensor is made before the loop and updated in place.
 at::Tensor impute_cg(const at::Tensor& v, const at::Tensor& m, const at::Tensor& x0, double tolerance,
                      int64_t max_iterations) {
-  // Weighted sum of the 8 neighbours (1/6 edge, 1/12 diagonal); out-of-image neighbours count 0.
-  const int64_t h = v.size(2);
-  const int64_t w = v.size(3);
-  auto neighbours = [&](const at::Tensor& x) {
-    const at::Tensor p = at::constant_pad_nd(x, {1, 1, 1, 1}, 0.0);
-    auto at_ = [&](int64_t dy, int64_t dx) { return p.narrow(2, 1 + dy, h).narrow(3, 1 + dx, w); };
-    at::Tensor edge = at_(-1, 0) + at_(1, 0);
-    edge.add_(at_(0, -1)).add_(at_(0, 1));
-    at::Tensor corner = at_(-1, -1) + at_(-1, 1);
-    corner.add_(at_(1, -1)).add_(at_(1, 1));
-    return edge.mul_(1.0 / 6).add_(corner, 1.0 / 12);
-  };
-  const at::Tensor diag = neighbours(at::ones_like(v));  // sum of in-image neighbour weights
+  Neighbours neighbours(v);
+  at::Tensor diag = at::empty_like(v), nb = at::empty_like(v), prod = at::empty_like(v);
+  neighbours(at::ones_like(v), diag);  // sum of in-image neighbour weights
   // Unknowns x on removed pixels: diag * x - W(m * x) = W((1 - m) * v), on removed pixels only.
-  auto apply = [&](const at::Tensor& x) { return m * (diag * x - neighbours(m * x)); };
-  const at::Tensor b = m * neighbours((1 - m) * v);
-  auto dot = [](const at::Tensor& a, const at::Tensor& b2) { return (a * b2).sum({2, 3}, true); };
+  auto apply = [&](const at::Tensor& x, at::Tensor& out) {
+    at::mul_out(prod, m, x);
+    neighbours(prod, nb);
+    at::mul_out(out, diag, x);
+    out.sub_(nb).mul_(m);
+  };
+  auto dot = [&](const at::Tensor& a, const at::Tensor& b2) { return at::mul_out(prod, a, b2).sum({2, 3}, true); };
+  at::Tensor b = at::empty_like(v);
+  neighbours((1 - m) * v, b);
+  b.mul_(m);
   at::Tensor x = x0 * m;
-  at::Tensor r = b - apply(x);
+  at::Tensor r = at::empty_like(v), ap = at::empty_like(v);
+  apply(x, ap);
+  at::sub_out(r, b, ap);
   at::Tensor z = r / diag;
   at::Tensor p = z.clone();
   at::Tensor rz = dot(r, z);
@@ -253,17 +280,17 @@ at::Tensor impute_cg(const at::Tensor& v, const at::Tensor& m, const at::Tensor&
   for (int64_t it = 0; it < max_iterations; ++it) {
     const at::Tensor rnorm = dot(r, r).sqrt();
     if ((rnorm <= tolerance * bnorm).all().item<bool>()) break;
-    const at::Tensor ap = apply(p);
+    apply(p, ap);
     const at::Tensor pap = dot(p, ap);
     const at::Tensor alpha = at::where(pap > 0, rz / at::where(pap > 0, pap, at::ones_like(pap)),
                                        at::zeros_like(pap));
-    x = x + alpha * p;
-    r = r - alpha * ap;
-    z = r / diag;
+    x.addcmul_(p, alpha);
+    r.addcmul_(ap, alpha, -1);
+    at::div_out(z, r, diag);
     const at::Tensor rz_new = dot(r, z);
     const at::Tensor beta = at::where(rz > 0, rz_new / at::where(rz > 0, rz, at::ones_like(rz)),
                                       at::zeros_like(rz));
-    p = z + beta * p;
+    p.mul_(beta).add_(z);
     rz = rz_new;
   }
   return x;
