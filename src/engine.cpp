@@ -328,8 +328,9 @@ void rank_maps(Call& c, int64_t r, const at::Tensor& score, bool retain, GradCAM
     const std::string& layer = c.layers[c.where[i].first];
     const at::Tensor a = to_grid(c.leaves[i].detach(), c.layouts[i]);
     for (size_t j = 0; j < methods.size(); ++j) {
-      const detail::Weighted w = detail::method_map(
+      detail::Weighted w = detail::method_map(
           methods[j], {a, grads[i], classes, score_r, c.scores.logits, layer, c.prepared[i][j]});
+      if (c.options.eigen_smooth()) w = detail::eigen_smoothed(w, a);
       LayerMap m;
       m.method = methods[j];
       m.layer = layer;

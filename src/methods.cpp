@@ -46,7 +46,7 @@ at::Tensor safe_div(const at::Tensor& num, const at::Tensor& den) {
 }
 
 /// A map from channel weights [N,K].
-Weighted from_weights(const at::Tensor& w, const at::Tensor& a) { return {weighted_sum(w, a), w}; }
+Weighted from_weights(const at::Tensor& w, const at::Tensor& a) { return {weighted_sum(w, a), w, {}}; }
 
 // ---- gradient methods: A and g = dy/dA (negated for counterfactual maps) ----
 
@@ -66,11 +66,12 @@ Weighted xgrad_cam(const MethodInputs& in) {
   return from_weights(safe_div((in.g * in.a).sum(sp), in.a.sum(sp)), in.a);
 }
 
-Weighted hires_cam(const MethodInputs& in) { return {(in.g * in.a).sum(1, /*keepdim=*/true), {}}; }
+/// The element-wise methods: a map from per-channel terms [N,K,...], which eigen-smoothing reads.
+Weighted from_terms(const at::Tensor& terms) { return {terms.sum(1, /*keepdim=*/true), {}, terms}; }
 
-Weighted layer_cam(const MethodInputs& in) {
-  return {(at::relu(in.g) * in.a).sum(1, /*keepdim=*/true), {}};
-}
+Weighted hires_cam(const MethodInputs& in) { return from_terms(in.g * in.a); }
+
+Weighted layer_cam(const MethodInputs& in) { return from_terms(at::relu(in.g) * in.a); }
 
 // ---- EigenCAM: class-agnostic, computed once per activation ----
 
@@ -104,13 +105,49 @@ Prepared prepare_eigen_cam(const PrepareInputs& in) {
 
 Weighted eigen_cam_map(const MethodInputs& in) { return in.prepared.eigen; }
 
+// ---- KPCA-CAM: EigenCAM with kernel PCA, class-agnostic ----
+
+/// The first kernel principal component of the positions (Karmani et al. 2024, as pytorch-grad-cam
+/// runs scikit-learn's KernelPCA): X [positions, K] centred over positions, the sigmoid kernel
+/// k(x, y) = tanh(x . y / K + 1) (scikit-learn's defaults: gamma 1/K, coef0 1), the kernel matrix
+/// centred in feature space, its top eigenvector u and eigenvalue l; the map is sqrt(l) u, the
+/// positions' own projections. The sign, which an eigenvector leaves open, as eigen_cam's:
+/// positive correlation with the centred channel sum. (scikit-learn's rule, the largest-magnitude
+/// entry positive, can flip a map to its background.)
+Weighted kpca_cam(const at::Tensor& a) {
+  const int64_t k = a.size(1);
+  std::vector<at::Tensor> maps;
+  for (int64_t i = 0; i < a.size(0); ++i) {
+    at::Tensor x = a[i].reshape({k, -1}).t();  // [positions, K]
+    x = x - x.mean(0, /*keepdim=*/true);
+    const at::Tensor gram = at::tanh(at::matmul(x, x.t()) / static_cast<double>(k) + 1);
+    const at::Tensor centred = gram - gram.mean(0, true) - gram.mean(1, true) + gram.mean();
+    const auto [values, vectors] = at::linalg_eigh(centred);  // ascending
+    const int64_t top = values.size(0) - 1;
+    at::Tensor proj = vectors.select(1, top) * values[top].clamp_min(0).sqrt();
+    if (at::dot(proj, x.sum(1)).item<double>() < 0) proj = -proj;
+    std::vector<int64_t> shape = {1};
+    for (int64_t d = 2; d < a.dim(); ++d) shape.push_back(a.size(d));
+    maps.push_back(proj.view(shape));
+  }
+  Weighted out;
+  out.signed_map = at::stack(maps, 0);
+  return out;
+}
+
+Prepared prepare_kpca_cam(const PrepareInputs& in) {
+  Prepared p;
+  p.eigen = kpca_cam(in.a);
+  return p;
+}
+
 /// EigenGradCAM: EigenCAM of the element-wise product g * A, whose principal component follows the
 /// class (the sign as eigen_cam chooses it: positive correlation with sum_k g_k A_k, HiResCAM's map).
 Weighted eigen_grad_cam(const MethodInputs& in) { return eigen_cam(in.g * in.a); }
 
 /// Grad-CAM element-wise: the ReLU inside the channel sum, so that no position's negative products
 /// cancel another channel's positive ones.
-Weighted grad_cam_elementwise(const MethodInputs& in) { return {at::relu(in.g * in.a).sum(1, /*keepdim=*/true), {}}; }
+Weighted grad_cam_elementwise(const MethodInputs& in) { return from_terms(at::relu(in.g * in.a)); }
 
 // ---- RandomCAM: a baseline for the metrics ----
 
@@ -325,6 +362,7 @@ const MethodRow kMethods[] = {
     {Method::ablationcam, "ablationcam", false, true, prepare_perturbed<Method::ablationcam>, ablation_cam, nullptr},
     {Method::eigencam, "eigencam", false, false, prepare_eigen_cam, eigen_cam_map, nullptr},
     {Method::eigengradcam, "eigengradcam", true, false, nullptr, eigen_grad_cam, nullptr},
+    {Method::kpcacam, "kpcacam", false, false, prepare_kpca_cam, eigen_cam_map, nullptr},
     {Method::gradcam_elementwise, "gradcamelementwise", true, false, nullptr, grad_cam_elementwise, kElementWiseScript},
     {Method::randomcam, "randomcam", false, false, nullptr, random_cam, nullptr},
     {Method::cam, "cam", false, false, prepare_cam, cam_map, nullptr},
@@ -346,6 +384,16 @@ Prepared prepare_method(Method method, const PrepareInputs& in) {
 }
 
 Weighted method_map(Method method, const MethodInputs& in) { return row(method).map(in); }
+
+Weighted eigen_smoothed(const Weighted& w, const at::Tensor& a) {
+  if (!w.terms.defined() && !w.weights.defined()) return w;
+  std::vector<int64_t> shape = {a.size(0), a.size(1)};
+  shape.resize(static_cast<size_t>(a.dim()), 1);
+  const at::Tensor terms = w.terms.defined() ? w.terms : w.weights.view(shape) * a;
+  Weighted out = eigen_cam(terms);  // its sign: positive correlation with the terms' sum
+  out.weights = w.weights;
+  return out;
+}
 
 bool is_perturbation(Method method) { return row(method).perturbation; }
 

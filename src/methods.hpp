@@ -25,6 +25,7 @@ namespace gradcam::detail {
 struct Weighted {
   at::Tensor signed_map;  ///< [N,1,h,w]
   at::Tensor weights;     ///< [N,K] or undefined
+  at::Tensor terms;       ///< [N,K,h,w]: the per-channel terms of an element-wise method, or undefined
 };
 
 /// The linear layer CAM reads: weight [classes, K] and bias [classes] (undefined if none).
@@ -102,6 +103,10 @@ Prepared prepare_method(Method method, const PrepareInputs& in);
 
 /// The method's map and weights for one activation at one rank.
 Weighted method_map(Method method, const MethodInputs& in);
+
+/// GradCAMOptions::eigen_smooth: the map replaced by the first principal component of the
+/// per-channel terms (`terms`, else weights * A); unchanged where the method has neither.
+Weighted eigen_smoothed(const Weighted& w, const at::Tensor& a);
 
 /// The method's map in TorchScript for an exported explainer (`gradcam export`): the body of
 /// `_signed_map(self, a, g)` over the grid A [N,K,h,w] and its gradient, reading the helpers

@@ -103,7 +103,7 @@ Weighted rollout_map(const MethodInputs& in) {
   GRADCAM_CHECK(m.size(2) == in.a.size(2) && m.size(3) == in.a.size(3), "attention rollout gives a ", m.size(2), "x",
                 m.size(3), " grid of tokens, but layer '", in.layer, "' is a ", in.a.size(2), "x", in.a.size(3),
                 " grid: name a token layer of the same grid (e.g. a block's first norm)");
-  return {m.to(in.a.scalar_type()), {}};
+  return {m.to(in.a.scalar_type()), {}, {}};
 }
 
 }  // namespace gradcam::detail

@@ -315,6 +315,22 @@ TEST_CASE("explain: CAM methods and fused layers", "[cli][methods]") {
   CHECK(r.code == 0);
   CHECK(fs::exists(dir + "/" + stem + "_c3_layercam_block2.png"));
   CHECK(fs::exists(dir + "/" + stem + "_c3_layercam_block3.png"));
+  // --eigen-smooth: the library's eigen_smooth maps, at the layer's resolution
+  r = run(cli() + " explain --model " + demo("digits.pt") + " --image " + img +
+          " --resize 0 --crop 0 --class 3 --quiet --layer block3 --method kpcacam gradcam --eigen-smooth --out " + dir + "/es");
+  INFO(r.out);
+  REQUIRE(r.code == 0);
+  gradcam::GradCAM smooth(module, gradcam::GradCAMOptions("block3").methods({gradcam::Method::kpcacam, gradcam::Method::gradcam})
+                                      .eigen_smooth(true));
+  const auto sr = smooth.compute(x, gradcam::Target::classes({3}));
+  for (auto m : {gradcam::Method::kpcacam, gradcam::Method::gradcam}) {
+    const std::string name = gradcam::method_name(m);
+    INFO(name);
+    const at::Tensor got = read_npy(dir + "/es/" + stem + "_c3_" + name + "_map.npy");
+    const at::Tensor lib = sr.get("block3", 0, 0, m).map[0][0];
+    REQUIRE(got.sizes() == lib.sizes());
+    CHECK(test::rel_err(got, lib) < 1e-6);
+  }
   r = run(cli() + " explain --model " + demo("digits.pt") + " --image " + img + " --fuse mean --out " + dir);
   CHECK(r.code != 0);
   CHECK_THAT(r.out, Contains("--fuse combines several layers"));

@@ -54,13 +54,32 @@ TEST_CASE("the methods equal the PyTorch reference on resnet18 (float64)", "[met
   module.to(at::kDouble);
   const at::Tensor x = ref.get("input").to(at::kDouble);
   const std::vector<Method> methods = {Method::gradcam, Method::gradcam_pp, Method::xgradcam, Method::hirescam,
-                                       Method::layercam, Method::eigencam, Method::eigengradcam,
+                                       Method::layercam, Method::eigencam, Method::eigengradcam, Method::kpcacam,
                                        Method::gradcam_elementwise, Method::cam};
   gradcam::GradCAM cam(module, gradcam::GradCAMOptions("layer4").methods(methods));
   const auto r = cam.compute(x, gradcam::Target::classes({3, 517}));
   CHECK(test::rel_err(r.logits, ref.get("logits__b2")) < kTol64);
   CHECK(r.maps.size() == methods.size());
   check_methods(r, ref, methods, "layer4", 2, kTol64);
+}
+
+TEST_CASE("eigen_smooth: the first principal component of each method's terms (float64)", "[methods]") {
+  const test::Ref ref("methods_resnet18");
+  auto module = test::model("methods_resnet18");
+  module.to(at::kDouble);
+  const at::Tensor x = ref.get("input").to(at::kDouble);
+  const std::vector<Method> smoothed = {Method::gradcam, Method::gradcam_pp, Method::xgradcam, Method::hirescam,
+                                        Method::layercam, Method::gradcam_elementwise, Method::randomcam};
+  std::vector<Method> methods = smoothed;
+  methods.push_back(Method::eigencam);  // no per-channel terms: unchanged
+  gradcam::GradCAM cam(module, gradcam::GradCAMOptions("layer4").methods(methods).eigen_smooth(true).keep_weights(true));
+  const auto r = cam.compute(x, gradcam::Target::classes({3, 517}));
+  check_methods(r, ref, smoothed, "layer4", 2, kTol64, "+eigensmooth");
+  check_methods(r, ref, {Method::eigencam}, "layer4", 2, kTol64);
+  // the weights are still the method's own
+  gradcam::GradCAM plain(module, gradcam::GradCAMOptions("layer4").methods({Method::gradcam}).keep_weights(true));
+  CHECK(at::equal(r.get("layer4", 0, 0, Method::gradcam).weights,
+                  plain.compute(x, gradcam::Target::classes({3, 517})).maps[0].weights));
 }
 
 TEST_CASE("the methods agree in float32 too, Score-CAM and Ablation-CAM on resnet18", "[methods]") {

@@ -58,6 +58,8 @@ enum class Method {
   ablationcam,  ///< Ablation-CAM (Desai 2020): w_k = (y - y with A_k zeroed) / y; batched
   eigencam,     ///< EigenCAM (Muhammad 2020): projection of A on its first principal component
   eigengradcam,  ///< EigenGradCAM (pytorch-grad-cam): EigenCAM of g * A, so class-discriminative
+  kpcacam,      ///< KPCA-CAM (Karmani 2024): EigenCAM with kernel PCA, sigmoid kernel
+                ///< tanh(x_i . x_j / K + 1) over positions; O((h w)^3) per sample
   gradcam_elementwise,  ///< Grad-CAM element-wise (pytorch-grad-cam): ReLU(sum_k ReLU(g_k * A_k))
   randomcam,    ///< RandomCAM, a baseline for the metrics: ReLU(sum_k w_k A_k), w uniform in [-1, 1]
                 ///< per sample and channel, from a generator seeded with 0 at every call
@@ -69,7 +71,7 @@ enum class Method {
 };
 
 /// "gradcam", "gradcam++", "xgradcam", "hirescam", "layercam", "scorecam", "ablationcam",
-/// "eigencam", "eigengradcam", "gradcamelementwise", "randomcam", "cam", "rollout".
+/// "eigencam", "eigengradcam", "kpcacam", "gradcamelementwise", "randomcam", "cam", "rollout".
 const char* method_name(Method method);
 /// The method with that name (case-insensitive, also "gradcampp"); throws gradcam::Error listing
 /// the names.
@@ -175,6 +177,13 @@ class GradCAMOptions {
   /// the regions whose removal would make the network more confident of the class. Applies to the
   /// gradient methods (uses_gradients); other methods reject it. Default false.
   GRADCAM_ARG(bool, counterfactual) = false;
+  /// Eigen-smoothing (pytorch-grad-cam's eigen_smooth): the map is the first principal component
+  /// of the method's per-channel terms (w_k A_k for the methods with channel weights; g_k A_k,
+  /// ReLU(g_k) A_k and ReLU(g_k A_k) for HiResCAM, LayerCAM and Grad-CAM element-wise) over the
+  /// positions, as EigenCAM projects A, instead of their sum; the sign towards their sum. Smoother,
+  /// less noisy maps. The methods that have no such terms (EigenCAM, EigenGradCAM, KPCA-CAM,
+  /// rollout) are unchanged. Default false.
+  GRADCAM_ARG(bool, eigen_smooth) = false;
   /// Also compute guided (or deconvnet) gradients with respect to the input and the Guided
   /// Grad-CAM maps, from the same forward pass. Default GuidedMode::none.
   GRADCAM_ARG(GuidedMode, guided) = GuidedMode::none;

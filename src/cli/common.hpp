@@ -95,6 +95,7 @@ struct Common {
   int attention_heads = 0;         ///< --attention-heads (rollout of a traced model); 0: the model's
   std::vector<std::string> ops_libraries;  ///< --ops-library: loaded before the model (torchvision's operators)
   std::string shard;  ///< --shard I/N (shard.hpp), on the subcommands that take it; empty: all images
+  bool eigen_smooth = false;  ///< --eigen-smooth, on the subcommands that take it (add_eigen_smooth)
 };
 
 inline void add_common(CLI::App* app, Common& c, bool with_model = true) {
@@ -152,7 +153,13 @@ inline gradcam::GradCAMOptions cam_options(const Common& c, std::vector<std::str
   const bool own = c.crop == 0 && c.resize == 0 && own_hw.size() == 2;
   return gradcam::GradCAMOptions(std::move(layers)).token_layout(t)
       .probe_shape({1, -1, own ? own_hw[0] : side, own ? own_hw[1] : side})
-      .attention_heads(c.attention_heads);
+      .attention_heads(c.attention_heads).eigen_smooth(c.eigen_smooth);
+}
+
+/// --eigen-smooth, on the subcommands that explain with the CAM methods.
+inline void add_eigen_smooth(CLI::App* app, Common& c) {
+  app->add_flag("--eigen-smooth", c.eigen_smooth, "each CAM map as the first principal component of its per-channel "
+                "terms instead of their sum (pytorch-grad-cam's eigen_smooth; not EigenCAM, EigenGradCAM, KPCA-CAM, rollout)");
 }
 
 /// A layer's grid layout for a JSON record: {"kind": "tokens", "extra_tokens": 1, "grid": [4, 4]}.

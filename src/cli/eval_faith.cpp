@@ -273,6 +273,7 @@ json run_report(const FaithRun& run, double wall) {
                 {"explained", a.annotations.empty() ? "predicted class" : "true class"}, {"steps", a.steps},
                 {"metrics", a.metrics}, {"annotations", a.annotations}};
   if (run.shard.on()) p.settings["shard"] = run.shard.str();
+  if (a.common.eigen_smooth) p.settings["eigen_smooth"] = true;
   p.methods = a.methods;
   p.metrics = run.metrics;
   p.counts = run.sums;
@@ -362,6 +363,7 @@ Subcommand add_eval_faith(CLI::App* faith) {
       ->check(whole_number(1))->capture_default_str();
   faith->add_option("--report", fa->report, "JSON report to write")->capture_default_str();
   add_shard(faith, fa->common.shard);
+  add_eigen_smooth(faith, fa->common);
   return {&fa->common, [fa] { return run_eval_faith(*fa); }};
 }
 
