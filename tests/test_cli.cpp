@@ -886,8 +886,10 @@ TEST_CASE("shards: eval-loc as 3 shards plus merge is the whole run's report; ex
 TEST_CASE("shards: eval-faith and diagnose as 3 shards plus merge are the whole run's report", "[cli][shard]") {
   const std::string dir = tmpdir("shards_faith");
   // eval-faith on 30 of the demo's 300 test images, diagnose on all (5 mistakes); in quick mode
-  // (the sanitizer leg, where every image costs seconds) 3 (one per shard) and 60 (1 mistake)
-  const int images = test::quick() ? 3 : 30;
+  // (the sanitizer leg, where every image costs seconds) 6 and 60 (1 mistake). Not 3: with one
+  // image per shard a forward batch of one sample runs LibTorch's N = 1 kernels, whose float32
+  // results differ from a larger batch's by about 1e-6 (measured; see docs/scale.md's limits)
+  const int images = test::quick() ? 6 : 30;
   const int diagnosed = test::quick() ? 60 : 300;
   for (const auto& [name, count] : {std::pair<std::string, int>{"ann.csv", images}, {"diag.csv", diagnosed}}) {
     std::ifstream in(demo("test/annotations.csv"));
