@@ -75,26 +75,32 @@ Weighted layer_cam(const MethodInputs& in) { return from_terms(at::relu(in.g) * 
 
 // ---- EigenCAM: class-agnostic, computed once per activation ----
 
-/// A (centred over positions) projected on its first principal component; the sign is chosen so
-/// that the projection correlates positively with the channel sum of A.
-Weighted eigen_cam(const at::Tensor& a) {
-  const int64_t n = a.size(0);
+/// Per sample: X = A as [positions, K], centred over positions; `project(X)` gives one value per
+/// position; its sign is chosen so that it correlates positively with the centred channel sum.
+template <typename Project>
+Weighted per_sample_projection(const at::Tensor& a, Project project) {
   const int64_t k = a.size(1);
+  std::vector<int64_t> shape = {1};
+  for (int64_t d = 2; d < a.dim(); ++d) shape.push_back(a.size(d));
   std::vector<at::Tensor> maps;
-  for (int64_t i = 0; i < n; ++i) {
+  for (int64_t i = 0; i < a.size(0); ++i) {
     at::Tensor x = a[i].reshape({k, -1}).t();  // [positions, K]
     x = x - x.mean(0, /*keepdim=*/true);
-    at::Tensor vh = std::get<2>(at::linalg_svd(x, /*full_matrices=*/false));
-    at::Tensor proj = at::matmul(x, vh[0]);  // [positions]
-    const at::Tensor ref = x.sum(1);         // centred channel sum
-    if (at::dot(proj, ref).item<double>() < 0) proj = -proj;
-    std::vector<int64_t> shape = {1};
-    for (int64_t d = 2; d < a.dim(); ++d) shape.push_back(a.size(d));
+    at::Tensor proj = project(x);
+    if (at::dot(proj, x.sum(1)).item<double>() < 0) proj = -proj;
     maps.push_back(proj.view(shape));
   }
   Weighted out;
   out.signed_map = at::stack(maps, 0);
   return out;
+}
+
+/// A (centred over positions) projected on its first principal component, sign towards the channel sum.
+Weighted eigen_cam(const at::Tensor& a) {
+  return per_sample_projection(a, [](const at::Tensor& x) {
+    const at::Tensor vh = std::get<2>(at::linalg_svd(x, /*full_matrices=*/false));
+    return at::matmul(x, vh[0]);
+  });
 }
 
 Prepared prepare_eigen_cam(const PrepareInputs& in) {
@@ -115,24 +121,14 @@ Weighted eigen_cam_map(const MethodInputs& in) { return in.prepared.eigen; }
 /// positive correlation with the centred channel sum. (scikit-learn's rule, the largest-magnitude
 /// entry positive, can flip a map to its background.)
 Weighted kpca_cam(const at::Tensor& a) {
-  const int64_t k = a.size(1);
-  std::vector<at::Tensor> maps;
-  for (int64_t i = 0; i < a.size(0); ++i) {
-    at::Tensor x = a[i].reshape({k, -1}).t();  // [positions, K]
-    x = x - x.mean(0, /*keepdim=*/true);
-    const at::Tensor gram = at::tanh(at::matmul(x, x.t()) / static_cast<double>(k) + 1);
+  const double k = static_cast<double>(a.size(1));
+  return per_sample_projection(a, [k](const at::Tensor& x) {
+    const at::Tensor gram = at::tanh(at::matmul(x, x.t()) / k + 1);
     const at::Tensor centred = gram - gram.mean(0, true) - gram.mean(1, true) + gram.mean();
     const auto [values, vectors] = at::linalg_eigh(centred);  // ascending
     const int64_t top = values.size(0) - 1;
-    at::Tensor proj = vectors.select(1, top) * values[top].clamp_min(0).sqrt();
-    if (at::dot(proj, x.sum(1)).item<double>() < 0) proj = -proj;
-    std::vector<int64_t> shape = {1};
-    for (int64_t d = 2; d < a.dim(); ++d) shape.push_back(a.size(d));
-    maps.push_back(proj.view(shape));
-  }
-  Weighted out;
-  out.signed_map = at::stack(maps, 0);
-  return out;
+    return vectors.select(1, top) * values[top].clamp_min(0).sqrt();
+  });
 }
 
 Prepared prepare_kpca_cam(const PrepareInputs& in) {
