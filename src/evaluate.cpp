@@ -327,15 +327,15 @@ void LocAccumulator::add(const LocSample& s) {
   const double known_iou = best_iou(s.known_box, s.truth);
   if (known_iou >= iou_threshold_) ++c.gt_known_loc;
   c.iou_sum += std::llround(known_iou / LocCounts::kIouUnit);
-  if (s.peak) {
-    for (const auto& t : s.truth) {
-      const int x = s.peak->first, y = s.peak->second;
-      if (x >= t.x0 - tolerance_ && x <= t.x1 + tolerance_ && y >= t.y0 - tolerance_ && y <= t.y1 + tolerance_) {
-        ++c.pointing_game;
-        break;
-      }
-    }
+  if (s.peak && pointing_hit(*s.peak, s.truth, tolerance_)) ++c.pointing_game;
+}
+
+bool pointing_hit(std::pair<int, int> peak, const std::vector<Box>& truth, int tolerance) {
+  const auto [x, y] = peak;
+  for (const auto& t : truth) {
+    if (x >= t.x0 - tolerance && x <= t.x1 + tolerance && y >= t.y0 - tolerance && y <= t.y1 + tolerance) return true;
   }
+  return false;
 }
 
 LocCounts& LocCounts::operator+=(const LocCounts& o) {

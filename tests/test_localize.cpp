@@ -298,6 +298,17 @@ TEST_CASE("metrics on a hand-computed set", "[localize][metrics]") {
   CHECK(sum.metrics().mean_iou == m.mean_iou);
 }
 
+TEST_CASE("pointing_hit: inside a true box grown by the tolerance, edges included", "[localize][metrics]") {
+  const std::vector<gradcam::Box> truth = {box(10, 10, 19, 19), box(40, 0, 49, 9)};
+  CHECK(gradcam::pointing_hit({10, 19}, truth, 0));   // the first box's corner pixel
+  CHECK(gradcam::pointing_hit({45, 5}, truth, 0));    // in the second box only
+  CHECK_FALSE(gradcam::pointing_hit({20, 15}, truth, 0));  // one pixel right of the first
+  CHECK(gradcam::pointing_hit({22, 15}, truth, 3));   // within 3
+  CHECK_FALSE(gradcam::pointing_hit({23, 15}, truth, 3));
+  CHECK(gradcam::pointing_hit({7, 7}, truth, 3));     // diagonally: x and y each within 3
+  CHECK_FALSE(gradcam::pointing_hit({15, 15}, {}, 100));  // no box: never a hit
+}
+
 TEST_CASE("the IoU sum in units of 2^-40 keeps the mean within 1e-12", "[localize][metrics]") {
   // truth 0..8 x 0..8 (81 px); box 0..8 x 0..2 (27 px): IoU 1/3, which no binary sum holds exactly
   gradcam::LocAccumulator acc;

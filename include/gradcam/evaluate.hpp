@@ -7,6 +7,7 @@
 #include <map>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include <gradcam/localize.hpp>
@@ -109,6 +110,10 @@ class LocAccumulator {
   int tolerance_;
   LocCounts counts_;
 };
+
+/// The pointing game's hit (Zhang et al., ECCV 2016): whether `peak` (x, y), a map's maximum, lies
+/// in one of `truth` grown by `tolerance` pixels on every side (all in the same pixels).
+bool pointing_hit(std::pair<int, int> peak, const std::vector<Box>& truth, int tolerance);
 
 /// The largest IoU of `box` with any of `truth` (0 when `box` is empty or `truth` is).
 double best_iou(const std::optional<Box>& box, const std::vector<Box>& truth);
