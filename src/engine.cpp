@@ -8,6 +8,7 @@
 #include <torch/csrc/jit/api/module.h>
 
 #include <algorithm>
+#include <cmath>
 
 #include <gradcam/error.hpp>
 
@@ -147,6 +148,9 @@ Engine::Engine(const torch::jit::Module& m, GradCAMOptions opts) : options(std::
                 "GradCAMOptions::methods is empty; name at least one method (e.g. Method::gradcam)");
   GRADCAM_CHECK(options.perturbation_batch() >= 0, "perturbation_batch must be >= 1 (or 0: automatic), got ",
                 options.perturbation_batch());
+  GRADCAM_CHECK(options.samples() >= 0, "samples must be >= 1 (or 0: the method's default), got ", options.samples());
+  GRADCAM_CHECK(std::isfinite(options.noise_std()) && options.noise_std() >= 0,
+                "noise_std must be a finite number >= 0, got ", options.noise_std());
   for (size_t i = 0; i < options.methods().size(); ++i) {
     const Method m = options.methods()[i];
     GRADCAM_CHECK(!options.counterfactual() || uses_gradients(m), "counterfactual maps come from "

@@ -250,6 +250,43 @@ at::Tensor score_cam_masks(const at::Tensor& a, const at::Tensor& input) {
       .view({total, 1, input.size(2), input.size(3)});
 }
 
+/// SS-CAM and IS-CAM: the logits [N,K,classes] of the model on sample i's input times channel k's
+/// Score-CAM mask, averaged over S draws (SS-CAM: the mask plus Gaussian noise, draw s from a
+/// generator seeded with s) or steps (IS-CAM: the mask times (1 + ... + s) / S, as torchcam
+/// integrates). `batch` perturbed inputs per pass, within one sample and draw: the noise of a draw
+/// is made once, K masks at a time.
+at::Tensor smoothed_score_logits(Method method, const PrepareInputs& in, int64_t batch) {
+  const at::Tensor& input = in.input;
+  const at::Tensor& a = in.a;
+  const int64_t n = a.size(0);
+  const int64_t k = a.size(1);
+  const int64_t draws = in.options.samples() > 0 ? in.options.samples() : (method == Method::sscam ? 35 : 10);
+  const at::Tensor masks = score_cam_masks(a, input).view({n, k, 1, input.size(2), input.size(3)});
+  std::vector<at::Tensor> per_sample;
+  for (int64_t i = 0; i < n; ++i) {
+    const at::Tensor x = input.narrow(0, i, 1);
+    at::Tensor sum;
+    for (int64_t s = 0; s < draws; ++s) {
+      at::Tensor m = masks[i];
+      if (method == Method::sscam) {
+        auto gen = at::make_generator<at::CPUGeneratorImpl>(static_cast<uint64_t>(s));
+        const at::Tensor noise = at::randn(m.sizes(), gen, at::TensorOptions().dtype(at::kDouble));
+        m = m + (noise * in.options.noise_std()).to(m.options());
+      } else {
+        m = m * (static_cast<double>((s + 1) * (s + 2)) / 2.0 / static_cast<double>(draws));
+      }
+      m = m.to(x.scalar_type());
+      const at::Tensor logits = in_batches(k, batch, [&](int64_t start, int64_t len) {
+        CaptureContext ctx(in.forward.slots(), CaptureContext::Mode::perturb, in.forward.observe_from());
+        return perturbed_batch_logits(in.forward.run(x * m.narrow(0, start, len), ctx), len);
+      });
+      sum = sum.defined() ? sum + logits : logits;
+    }
+    per_sample.push_back(sum / static_cast<double>(draws));
+  }
+  return at::stack(per_sample);
+}
+
 /// The logits [N,K,classes] of the model on perturbed inputs, one per (sample, channel):
 /// Score-CAM: input * normalised upsampled A_k; Ablation-CAM: input with channel k of the capture
 /// (slot, call) set to zero, from the layer on where the forward can be cut there, else the whole
@@ -259,8 +296,9 @@ at::Tensor perturbed_logits(Method method, const PrepareInputs& in, int64_t batc
   const at::Tensor& input = in.input;
   const at::Tensor& a = in.a;
   if (batch == 0) batch = input.is_cuda() ? 32 : 1;  // automatic (GradCAMOptions::perturbation_batch)
-  GRADCAM_CHECK(a.dim() == 4, "Score-CAM / Ablation-CAM need a 4-D activation [N,K,h,w]");
+  GRADCAM_CHECK(a.dim() == 4, "Score-CAM, SS-CAM, IS-CAM and Ablation-CAM need a 4-D activation [N,K,h,w]");
   c10::NoGradGuard no_grad;
+  if (method == Method::sscam || method == Method::iscam) return smoothed_score_logits(method, in, batch);
   const int64_t n = a.size(0);
   const int64_t k = a.size(1);
   at::Tensor all = method == Method::ablationcam ? ablated_after_layer(in, batch) : at::Tensor();
@@ -283,7 +321,7 @@ at::Tensor perturbed_logits(Method method, const PrepareInputs& in, int64_t batc
   return all.view({n, k, all.size(1)});
 }
 
-/// Score-CAM and Ablation-CAM: the perturbed logits, computed once for every rank.
+/// The Score-CAM family and Ablation-CAM: the perturbed logits, computed once for every rank.
 template <Method M>
 Prepared prepare_perturbed(const PrepareInputs& in) {
   Prepared p;
@@ -300,7 +338,8 @@ at::Tensor perturbed_class_logit(const MethodInputs& in) {
       .to(in.a.scalar_type());
 }
 
-/// Score-CAM: the softmax over channels of the class logit with the input masked by each channel.
+/// Score-CAM: the softmax over channels of the class logit with the input masked by each channel
+/// (SS-CAM and IS-CAM: that logit averaged over their draws or steps).
 Weighted score_cam(const MethodInputs& in) {
   return from_weights(at::softmax(perturbed_class_logit(in), 1), in.a);
 }
@@ -361,6 +400,8 @@ const MethodRow kMethods[] = {
     {Method::kpcacam, "kpcacam", false, false, prepare_kpca_cam, eigen_cam_map, nullptr},
     {Method::gradcam_elementwise, "gradcamelementwise", true, false, nullptr, grad_cam_elementwise, kElementWiseScript},
     {Method::randomcam, "randomcam", false, false, nullptr, random_cam, nullptr},
+    {Method::sscam, "sscam", false, true, prepare_perturbed<Method::sscam>, score_cam, nullptr},
+    {Method::iscam, "iscam", false, true, prepare_perturbed<Method::iscam>, score_cam, nullptr},
     {Method::cam, "cam", false, false, prepare_cam, cam_map, nullptr},
     {Method::rollout, "rollout", false, false, prepare_rollout, rollout_map, nullptr},
 };

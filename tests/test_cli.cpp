@@ -331,6 +331,25 @@ TEST_CASE("explain: CAM methods and fused layers", "[cli][methods]") {
     REQUIRE(got.sizes() == lib.sizes());
     CHECK(test::rel_err(got, lib) < 1e-6);
   }
+  // SS-CAM and IS-CAM with --samples and --noise-std: the library's maps with those options
+  r = run(cli() + " explain --model " + demo("digits.pt") + " --image " + img + " --resize 0 --crop 0 --class 3 --quiet" +
+          " --layer block3 --method sscam iscam --samples 2 --noise-std 0.5 --out " + dir + "/ss");
+  INFO(r.out);
+  REQUIRE(r.code == 0);
+  gradcam::GradCAM ss(module, gradcam::GradCAMOptions("block3").methods({gradcam::Method::sscam, gradcam::Method::iscam})
+                                  .samples(2).noise_std(0.5));
+  const auto ssr = ss.compute(x, gradcam::Target::classes({3}));
+  for (auto m : {gradcam::Method::sscam, gradcam::Method::iscam}) {
+    const std::string name = gradcam::method_name(m);
+    INFO(name);
+    const at::Tensor got = read_npy(dir + "/ss/" + stem + "_c3_" + name + "_map.npy");
+    const at::Tensor lib = ssr.get("block3", 0, 0, m).map[0][0];
+    REQUIRE(got.sizes() == lib.sizes());
+    CHECK(test::rel_err(got, lib) < 1e-6);
+  }
+  r = run(cli() + " explain --model " + demo("digits.pt") + " --image " + img + " --method sscam --samples -1 --out " + dir);
+  CHECK(r.code != 0);
+  CHECK_THAT(r.out, Contains("--samples"));
   r = run(cli() + " explain --model " + demo("digits.pt") + " --image " + img + " --fuse mean --out " + dir);
   CHECK(r.code != 0);
   CHECK_THAT(r.out, Contains("--fuse combines several layers"));
@@ -398,7 +417,8 @@ TEST_CASE("eval-faith: report figures equal the library's metrics", "[cli][faith
   const std::string report = dir + "/faith.json";
   Run r = run(cli() + " eval-faith --model " + demo("digits.pt") + " --annotations " + demo("test/annotations.csv") +
               " --labels " + demo("labels.txt") + " --resize 0 --crop 0 --limit 5 --batch 2 --quiet --steps 10" +
-              " --method gradcam scorecam guided --metrics deletion drop road adcc --sanity 2 --report " + report);
+              " --method gradcam scorecam guided --metrics deletion drop road adcc pointing --tolerance 2 --sanity 2" +
+              " --report " + report);
   INFO(r.out);
   REQUIRE(r.code == 0);
   CHECK_THAT(r.out, Contains("| gradcam |") && Contains("| scorecam |") && Contains("| guided |"));
@@ -409,7 +429,8 @@ TEST_CASE("eval-faith: report figures equal the library's metrics", "[cli][faith
   for (const char* m : {"gradcam", "scorecam", "guided"}) {
     const json& mm = rep["methods"][m];
     for (const char* k : {"deletion_auc", "average_drop", "increase_in_confidence", "confidence_change", "road_morf",
-                          "road_lerf", "road_combined", "adcc", "adcc_coherency", "adcc_complexity", "sanity_final_spearman"})
+                          "road_lerf", "road_combined", "adcc", "adcc_coherency", "adcc_complexity", "pointing_game",
+                          "sanity_final_spearman"})
       CHECK(mm.contains(k));
     CHECK_FALSE(mm.contains("insertion_auc"));  // not asked for
     CHECK(mm["deletion_curve"].size() == 11);
@@ -444,6 +465,39 @@ TEST_CASE("eval-faith: report figures equal the library's metrics", "[cli][faith
   CHECK(g["adcc_coherency"].get<double>() == Approx(adcc.coherency.mean().item<double>()).epsilon(1e-4));
   CHECK(g["adcc_complexity"].get<double>() == Approx(adcc.complexity.mean().item<double>()).epsilon(1e-4));
   CHECK(g["road_combined"].get<double>() == Approx((g["road_lerf"].get<double>() - g["road_morf"].get<double>()) / 2));
+  // the pointing game by hand: the map bilinearly upsampled to the image (no resize, no crop: input
+  // pixels are image pixels), its first maximum, within `tol` pixels of one of the image's boxes
+  auto pointing = [&](const at::Tensor& maps, int tol) {
+    int hits = 0;
+    for (int64_t i = 0; i < 5; ++i) {
+      const at::Tensor up = at::upsample_bilinear2d(maps.narrow(0, i, 1), {x.size(2), x.size(3)}, false)[0][0];
+      const int64_t flat = up.argmax().item<int64_t>();
+      const int64_t px = flat % x.size(3), py = flat / x.size(3);
+      bool hit = false;
+      for (const auto& o : anns[static_cast<size_t>(i)].objects) {
+        hit = hit || (px >= o.box.x0 - tol && px <= o.box.x1 + tol && py >= o.box.y0 - tol && py <= o.box.y1 + tol);
+      }
+      hits += hit;
+    }
+    return hits / 5.0;
+  };
+  CHECK(g["pointing_game"].get<double>() == Approx(pointing(map, 2)));
+  // RandomCAM without tolerance misses on some of these images (4 of 5 hit): both outcomes counted
+  r = run(cli() + " eval-faith --model " + demo("digits.pt") + " --annotations " + demo("test/annotations.csv") +
+          " --labels " + demo("labels.txt") + " --resize 0 --crop 0 --limit 5 --batch 5 --quiet --method randomcam" +
+          " --metrics pointing --tolerance 0 --report " + report);
+  REQUIRE(r.code == 0);
+  std::ifstream in2(report);
+  const double random_pointing = json::parse(in2)["methods"]["randomcam"]["pointing_game"].get<double>();
+  gradcam::GradCAM random(module, gradcam::GradCAMOptions("auto").probe_shape({1, 3, 64, 64})
+                                      .methods({gradcam::Method::randomcam}));
+  const double want = pointing(random.compute(x, gradcam::Target::classes(cls)).maps[0].map, 0);
+  CHECK((want > 0 && want < 1));
+  CHECK(random_pointing == Approx(want));
+  r = run(cli() + " eval-faith --model " + demo("digits.pt") + " --images " + demo("test") +
+          " --metrics pointing --limit 1 --quiet");
+  CHECK(r.code != 0);
+  CHECK_THAT(r.out, Contains("--metrics pointing needs --annotations"));
 
   r = run(cli() + " eval-faith --model " + demo("digits.pt") + " --quiet");
   CHECK(r.code != 0);

@@ -3,6 +3,7 @@
 // perturbation methods' batching invariant, CAM's head check, and multi-layer fusion.
 #include "catch.hpp"
 
+#include <algorithm>
 #include <cmath>
 
 #include <ATen/ATen.h>
@@ -87,6 +88,10 @@ TEST_CASE("the methods agree in float32 too, Score-CAM and Ablation-CAM on resne
   auto module = test::model("methods_resnet18");
   std::vector<Method> methods = gradcam::all_methods();
   methods.pop_back();  // attention rollout: transformers only (test_transformers.cpp)
+  // SS-CAM and IS-CAM (35 and 10 forwards per channel of resnet18): referenced on the toy model
+  methods.erase(std::remove_if(methods.begin(), methods.end(),
+                               [](Method m) { return m == Method::sscam || m == Method::iscam; }),
+                methods.end());
   if (test::quick()) methods = {Method::gradcam_pp, Method::eigencam};
   // batch 1: the perturbation methods' reference is for the first sample only
   gradcam::GradCAM cam(module, gradcam::GradCAMOptions("layer4").methods(methods).perturbation_batch(128));
@@ -123,7 +128,7 @@ TEST_CASE("every method except CAM equals the reference on the toy model, block 
   CHECK(r.maps[methods.size()].call == 1);
 }
 
-TEST_CASE("Score-CAM and Ablation-CAM give the same maps for any batch size", "[methods]") {
+TEST_CASE("the perturbation methods give the same maps for any batch size", "[methods]") {
   auto module = test::model("methods_toy");
   module.to(at::kDouble);
   const test::Ref ref("methods_toy");
@@ -131,10 +136,11 @@ TEST_CASE("Score-CAM and Ablation-CAM give the same maps for any batch size", "[
   std::vector<at::Tensor> first;
   for (int64_t batch : {1, 3, 7, 1000}) {
     gradcam::GradCAM cam(module, gradcam::GradCAMOptions("block")
-                                     .methods({Method::scorecam, Method::ablationcam})
-                                     .perturbation_batch(batch));
+                                     .methods({Method::scorecam, Method::ablationcam, Method::sscam, Method::iscam})
+                                     .perturbation_batch(batch)
+                                     .samples(4));
     const auto r = cam.compute(x, gradcam::Target::topk(2));
-    REQUIRE(r.maps.size() == 8);  // 2 ranks x 2 calls x 2 methods
+    REQUIRE(r.maps.size() == 16);  // 2 ranks x 2 calls x 4 methods
     for (size_t i = 0; i < r.maps.size(); ++i) {
       if (first.size() < r.maps.size()) {
         first.push_back(r.maps[i].map);
@@ -144,6 +150,36 @@ TEST_CASE("Score-CAM and Ablation-CAM give the same maps for any batch size", "[
       }
     }
   }
+}
+
+TEST_CASE("SS-CAM and IS-CAM: their limits are Score-CAM, and an image's map does not depend on its batch",
+          "[methods]") {
+  auto module = test::model("methods_toy");
+  module.to(at::kDouble);
+  const test::Ref ref("methods_toy");
+  const at::Tensor x = ref.get("input").to(at::kDouble);
+  const auto target = gradcam::Target::classes({0, 3, 4});
+  auto map = [&](Method m, const gradcam::GradCAMOptions& o, const at::Tensor& in, const gradcam::Target& t) {
+    return gradcam::GradCAM(module, gradcam::GradCAMOptions(o).methods({m})).compute(in, t).get("stem", 0, 0, m).map;
+  };
+  const gradcam::GradCAMOptions stem("stem");
+  const at::Tensor score = map(Method::scorecam, stem, x, target);
+  // no noise: every draw is Score-CAM's; one integration step: c_1 = 1, Score-CAM's masks
+  CHECK(test::rel_err(map(Method::sscam, gradcam::GradCAMOptions(stem).noise_std(0).samples(3), x, target), score) < 1e-12);
+  CHECK(test::rel_err(map(Method::iscam, gradcam::GradCAMOptions(stem).samples(1), x, target), score) < 1e-12);
+  // the noise differs from Score-CAM's masks by something: the default map is not Score-CAM's
+  CHECK(test::rel_err(map(Method::sscam, stem, x, target), score) > 1e-3);
+  // draw s is seeded with s, not with the image's place in the batch
+  for (Method m : {Method::sscam, Method::iscam}) {
+    INFO(gradcam::method_name(m));
+    const at::Tensor all = map(m, stem, x, target);
+    const at::Tensor last = map(m, stem, x.narrow(0, 2, 1), gradcam::Target::classes({4}));
+    CHECK(test::rel_err(last, all.narrow(0, 2, 1)) < 1e-12);
+  }
+  CHECK_THROWS_WITH(gradcam::GradCAM(module, gradcam::GradCAMOptions(stem).methods({Method::sscam}).samples(-2)),
+                    "samples must be >= 1 (or 0: the method's default), got -2");
+  CHECK_THROWS_WITH(gradcam::GradCAM(module, gradcam::GradCAMOptions(stem).methods({Method::sscam}).noise_std(NAN)),
+                    "noise_std must be a finite number >= 0, got nan");
 }
 
 TEST_CASE("CAM reads the linear layer and refuses layers that are not pooled into it", "[methods][errors]") {

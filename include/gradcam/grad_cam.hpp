@@ -63,6 +63,10 @@ enum class Method {
   gradcam_elementwise,  ///< Grad-CAM element-wise (pytorch-grad-cam): ReLU(sum_k ReLU(g_k * A_k))
   randomcam,    ///< RandomCAM, a baseline for the metrics: ReLU(sum_k w_k A_k), w uniform in [-1, 1]
                 ///< per sample and channel, from a generator seeded with 0 at every call
+  sscam,        ///< SS-CAM (Wang 2020, smoothed Score-CAM): w = softmax_k of the mean over S draws
+                ///< of y(X * (norm(up(A_k)) + noise)), noise N(0, noise_std^2) per pixel; S x K forwards
+  iscam,        ///< IS-CAM (Naidu 2020, integrated Score-CAM): w = softmax_k of the mean over
+                ///< s = 1..S of y(X * c_s norm(up(A_k))), c_s = (1 + ... + s) / S; S x K forwards
   cam,          ///< CAM (Zhou 2016): ReLU(sum_k W_ck A_k), W the linear layer after global pooling
   rollout,      ///< Attention rollout (Abnar & Zuidema 2020), transformers with nn.MultiheadAttention:
                 ///< R = prod_l (A_l + I) / 2 over the model's self-attention calls (A_l averaged over
@@ -71,7 +75,8 @@ enum class Method {
 };
 
 /// "gradcam", "gradcam++", "xgradcam", "hirescam", "layercam", "scorecam", "ablationcam",
-/// "eigencam", "eigengradcam", "kpcacam", "gradcamelementwise", "randomcam", "cam", "rollout".
+/// "eigencam", "eigengradcam", "kpcacam", "gradcamelementwise", "randomcam", "sscam", "iscam", "cam",
+/// "rollout".
 const char* method_name(Method method);
 /// The method with that name (case-insensitive, also "gradcampp"); throws gradcam::Error listing
 /// the names.
@@ -169,6 +174,14 @@ class GradCAMOptions {
   /// 1 on the CPU, where larger batches measured slower per image (resnet18 and resnet50 at 224 px,
   /// docs/performance.md), and 32 on a GPU, where one image per pass leaves it idle.
   GRADCAM_ARG(int64_t, perturbation_batch) = 0;
+  /// SS-CAM / IS-CAM: the noise draws or integration steps S per channel (S x K forward passes per
+  /// sample). 0 (default): torchcam's defaults, 35 for SS-CAM and 10 for IS-CAM.
+  GRADCAM_ARG(int64_t, samples) = 0;
+  /// SS-CAM: the standard deviation of the Gaussian noise added to the masks (which lie in [0, 1]).
+  /// Draw s (0-based) comes from a generator seeded with s, the same for every image and call, so
+  /// that maps are reproducible and an image's map does not depend on its batch. Default 2.0, as
+  /// torchcam's.
+  GRADCAM_ARG(double, noise_std) = 2.0;
   /// CAM: module path of the linear layer after global average pooling whose weight [classes, K]
   /// weighs the channels. Empty (default): the last 2-D parameter named "weight" of shape
   /// [classes, K]. compute() checks that mean_ij(CAM_c) + bias_c reproduces the logit.

@@ -49,7 +49,10 @@ double median(std::vector<double> v) {
   return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
 }
 
-bool is_perturbation(const std::string& mode) { return mode == "scorecam" || mode == "ablationcam"; }
+/// The methods of K (or S x K) forward passes per sample, timed once.
+bool is_perturbation(const std::string& mode) {
+  return mode == "scorecam" || mode == "ablationcam" || mode == "sscam" || mode == "iscam";
+}
 
 void check(const Options& o) {
   GRADCAM_CHECK(!o.model.empty(), "the benchmark needs a model (--model)");

@@ -95,7 +95,9 @@ struct Common {
   int attention_heads = 0;         ///< --attention-heads (rollout of a traced model); 0: the model's
   std::vector<std::string> ops_libraries;  ///< --ops-library: loaded before the model (torchvision's operators)
   std::string shard;  ///< --shard I/N (shard.hpp), on the subcommands that take it; empty: all images
-  bool eigen_smooth = false;  ///< --eigen-smooth, on the subcommands that take it (add_eigen_smooth)
+  bool eigen_smooth = false;  ///< --eigen-smooth, on the subcommands that take it (add_cam_smoothing)
+  int64_t samples = 0;        ///< --samples (add_cam_smoothing): SS-CAM / IS-CAM draws (0: their defaults)
+  double noise_std = 2.0;     ///< --noise-std (add_cam_smoothing): SS-CAM's noise
 };
 
 inline void add_common(CLI::App* app, Common& c, bool with_model = true) {
@@ -153,13 +155,18 @@ inline gradcam::GradCAMOptions cam_options(const Common& c, std::vector<std::str
   const bool own = c.crop == 0 && c.resize == 0 && own_hw.size() == 2;
   return gradcam::GradCAMOptions(std::move(layers)).token_layout(t)
       .probe_shape({1, -1, own ? own_hw[0] : side, own ? own_hw[1] : side})
-      .attention_heads(c.attention_heads).eigen_smooth(c.eigen_smooth);
+      .attention_heads(c.attention_heads).eigen_smooth(c.eigen_smooth).samples(c.samples).noise_std(c.noise_std);
 }
 
-/// --eigen-smooth, on the subcommands that explain with the CAM methods.
-inline void add_eigen_smooth(CLI::App* app, Common& c) {
+/// --eigen-smooth, --samples and --noise-std: the CAM methods' smoothing options, on the subcommands
+/// that explain with them.
+inline void add_cam_smoothing(CLI::App* app, Common& c) {
   app->add_flag("--eigen-smooth", c.eigen_smooth, "each CAM map as the first principal component of its per-channel "
                 "terms instead of their sum (pytorch-grad-cam's eigen_smooth; not EigenCAM, EigenGradCAM, KPCA-CAM, rollout)");
+  app->add_option("--samples", c.samples, "sscam / iscam: noise draws or integration steps per channel (0: 35 for "
+                  "sscam, 10 for iscam)")->check(CLI::Range(int64_t{0}, int64_t{100000}))->capture_default_str();
+  app->add_option("--noise-std", c.noise_std, "sscam: standard deviation of the noise added to the masks, which lie "
+                  "in [0, 1]")->check(CLI::Range(0.0, 1e6))->capture_default_str();
 }
 
 /// A layer's grid layout for a JSON record: {"kind": "tokens", "extra_tokens": 1, "grid": [4, 4]}.

@@ -1,6 +1,6 @@
 // src/cli/eval_faith.cpp: `gradcam eval-faith`: faithfulness of explanations (deletion and
-// insertion AUC, Average Drop, Increase in Confidence, confidence change, ROAD, ADCC) and the
-// parameter-randomisation check.
+// insertion AUC, Average Drop, Increase in Confidence, confidence change, ROAD, ADCC, and with
+// annotations the pointing game) and the parameter-randomisation check.
 #include <ATen/ATen.h>
 #include <torch/csrc/jit/api/module.h>
 
@@ -44,7 +44,15 @@ struct FaithArgs {
   int sanity = 0;
   int limit = 0;
   int perturbation_batch = 0;
+  int tolerance = 15;
   std::string report = "eval_faith.json";
+};
+
+/// An image to explain: its path, and with annotations its label and the boxes of that label.
+struct FaithItem {
+  std::string path;
+  std::string label;  ///< "": explain the predicted class
+  std::vector<gradcam::Box> truth;
 };
 
 /// One `eval-faith` run: its model, explainer, images and sums.
@@ -54,7 +62,7 @@ struct FaithRun {
   torch::jit::Module module;
   std::set<std::string> metrics;
   gradcam::Labels labels;
-  std::vector<std::pair<std::string, std::string>> items;  // path, label ("" = predicted class)
+  std::vector<FaithItem> items;
   std::unique_ptr<gradcam::GradCAM> cam;
   std::string layer;
   gradcam::ScoreModel model;
@@ -71,9 +79,11 @@ struct FaithRun {
         metrics(a.metrics.begin(), a.metrics.end()), shard(parse_shard(a.common.shard)) {
     GRADCAM_CHECK(!shard.on() || a.sanity == 0, "--sanity checks the first images of the whole set; run it without "
                   "--shard (the shards' reports are merged without it)");
+    GRADCAM_CHECK(!metrics.count("pointing") || !a.annotations.empty(), "--metrics pointing needs --annotations: "
+                  "the pointing game asks whether a map's maximum falls in a true box");
     if (!a.common.labels.empty()) labels = gradcam::Labels::read(a.common.labels);
     read_items();
-    items = take_shard(items, shard, [&](const auto& item) { return shard_key(item.first, a.images_dir); });
+    items = take_shard(items, shard, [&](const FaithItem& item) { return shard_key(item.path, a.images_dir); });
     cam = std::make_unique<gradcam::GradCAM>(module, options());
     layer = cam->layers().empty() ? std::string("(input)") : cam->layers().front();
     model = gradcam::score_model(module);
@@ -85,13 +95,17 @@ struct FaithRun {
   void read_items() {
     if (!a.annotations.empty()) {
       for (const auto& ann : gradcam::read_annotations(a.annotations, a.images_dir)) {
-        class_of(labels, ann.objects.front(), a.common.labels);  // a bad label is the file's error
-        items.emplace_back(ann.image, ann.objects.front().label);
+        const int64_t c = class_of(labels, ann.objects.front(), a.common.labels);  // a bad label is the file's error
+        FaithItem item{ann.image, ann.objects.front().label, {}};
+        for (const auto& o : ann.objects) {
+          if (labels.index(o.label) == c) item.truth.push_back(o.box);
+        }
+        items.push_back(std::move(item));
       }
     } else {
       GRADCAM_CHECK(!a.images_dir.empty(), "give --annotations FILE (explains the true classes) or --images DIR "
                     "(explains the predicted classes)");
-      for (const auto& path : list_images(a.images_dir)) items.emplace_back(path, "");
+      for (const auto& path : list_images(a.images_dir)) items.push_back({path, "", {}});
     }
     if (a.limit > 0 && items.size() > static_cast<size_t>(a.limit)) items.resize(static_cast<size_t>(a.limit));
   }
@@ -117,7 +131,7 @@ struct FaithRun {
     if (a.annotations.empty()) return gradcam::Target::top1();
     std::vector<int64_t> cls;
     for (size_t i : indices) {
-      const std::string& w = items[i].second;
+      const std::string& w = items[i].label;
       auto c = labels.index(w);
       GRADCAM_CHECK(c.has_value(), "label '", w, "' is not in the labels file",
                     a.common.labels.empty() ? " (give --labels FILE)" : "");
@@ -173,11 +187,30 @@ gradcam::RoadResult road_per_image(const FaithRun& run, const at::Tensor& x, con
   return out;
 }
 
-/// Adds the metrics of every method on the images `x` (their results `r`, their paths' `keys`) to
-/// the sums, image by image (faith_report.hpp: exact integers, so that shards merge to the whole
-/// run's bits).
+/// The pointing game as eval-loc plays it: 1 for each image whose saliency, upsampled to the input,
+/// has its maximum (mapped back to the original image's pixels) within --tolerance pixels of one of
+/// the image's true boxes of the explained class, else 0. [N] double.
+at::Tensor pointing_hits(const FaithRun& run, const at::Tensor& sal, const std::vector<const LoadedImage*>& ims) {
+  std::vector<double> hits;
+  for (int64_t k = 0; k < sal.size(0); ++k) {
+    const LoadedImage& im = *ims[static_cast<size_t>(k)];
+    const int64_t w = im.geometry.input_width;
+    const int64_t flat = gradcam::upsample(sal[k][0], {im.geometry.input_height, w}).argmax().item<int64_t>();
+    const int px = static_cast<int>(flat % w), py = static_cast<int>(flat / w);
+    const gradcam::Box peak = im.geometry.to_image({px, py, px, py});
+    const std::pair<int, int> at_image{(peak.x0 + peak.x1) / 2, (peak.y0 + peak.y1) / 2};
+    hits.push_back(gradcam::pointing_hit(at_image, run.items[im.index].truth, run.a.tolerance) ? 1.0 : 0.0);
+  }
+  return at::tensor(hits, at::kDouble);
+}
+
+/// Adds the metrics of every method on the images `x` (their results `r`; `ims` the images they
+/// came from) to the sums, image by image (faith_report.hpp: exact integers, so that shards merge
+/// to the whole run's bits).
 void add_metrics(FaithRun& run, const at::Tensor& x, const gradcam::GradCAMResult& r, const at::Tensor& classes,
-                 const std::vector<std::string>& keys) {
+                 const std::vector<const LoadedImage*>& ims) {
+  std::vector<std::string> keys;
+  for (const LoadedImage* im : ims) keys.push_back(shard_key(im->path, run.a.images_dir));
   for (const auto& method : run.a.methods) {
     FaithCounts& s = run.sums[method];
     const at::Tensor sal = run.saliency(r, method);
@@ -211,6 +244,7 @@ void add_metrics(FaithRun& run, const at::Tensor& x, const gradcam::GradCAMResul
       add_each(s.complexity, c.complexity);
       add_each(s.adcc, c.adcc);
     }
+    if (run.metrics.count("pointing")) add_each(s.pointing, pointing_hits(run, sal, ims));
   }
 }
 
@@ -241,9 +275,9 @@ void faith_batch(FaithRun& run, const ImageBatch& batch) {
   }
   if (run.labels.size() > 0) check_label_count(run.labels, run.a.common.labels, r.logits.size(1));
   const at::Tensor classes = r.classes.select(1, 0).contiguous();
-  std::vector<std::string> keys;
-  for (int64_t k : keep) keys.push_back(shard_key(batch.images[static_cast<size_t>(k)].path, run.a.images_dir));
-  add_metrics(run, x, r, classes, keys);
+  std::vector<const LoadedImage*> ims;
+  for (int64_t k : keep) ims.push_back(&batch.images[static_cast<size_t>(k)]);
+  add_metrics(run, x, r, classes, ims);
   for (int64_t k = 0; k < x.size(0) && static_cast<int>(run.sanity_inputs.size()) < run.a.sanity; ++k) {
     run.sanity_inputs.push_back(x.narrow(0, k, 1));
     run.sanity_classes.push_back(classes[k].item<int64_t>());
@@ -274,6 +308,9 @@ json run_report(const FaithRun& run, double wall) {
                 {"metrics", a.metrics}, {"annotations", a.annotations}};
   if (run.shard.on()) p.settings["shard"] = run.shard.str();
   if (a.common.eigen_smooth) p.settings["eigen_smooth"] = true;
+  for (const auto& m : a.methods) {
+    if (m == "sscam" || m == "iscam") p.settings["samples"] = a.common.samples, p.settings["noise_std"] = a.common.noise_std;
+  }
   p.methods = a.methods;
   p.metrics = run.metrics;
   p.counts = run.sums;
@@ -305,6 +342,7 @@ const FaithColumn kFaithColumns[] = {
     {"road_lerf", "ROAD LeRF (higher)", 3},
     {"road_combined", "ROAD combined (higher)", 3},
     {"adcc", "ADCC (higher)", 3},
+    {"pointing_game", "pointing game (higher)", 3},
 };
 
 void print_faith_table(const FaithRun& run, const json& report, double wall) {
@@ -330,7 +368,7 @@ int run_eval_faith(const FaithArgs& a) {
   Progress progress(run.items.size(), !a.common.quiet);
   const auto t_start = std::chrono::steady_clock::now();
   std::vector<std::string> paths;
-  for (const auto& item : run.items) paths.push_back(item.first);
+  for (const auto& item : run.items) paths.push_back(item.path);
   for_each_batch(paths, a.common, "skipping unreadable image ", run.unreadable, run.done, progress,
                  [&](const ImageBatch& batch) { faith_batch(run, batch); });
   const double wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count();
@@ -353,17 +391,21 @@ Subcommand add_eval_faith(CLI::App* faith) {
   faith->add_option("--method", fa->methods, "methods to compare (several allowed): the CAM methods and guided")
       ->expected(1, -1)->check(CLI::IsMember(faith_methods))->capture_default_str();
   faith->add_option("--metrics", fa->metrics, "deletion, insertion, drop (Average Drop, Increase in Confidence and the "
-                    "confidence change), road (MoRF, LeRF and combined), adcc (explains each masked image again)")
-      ->expected(0, -1)->check(CLI::IsMember({"deletion", "insertion", "drop", "road", "adcc"}))->capture_default_str();
+                    "confidence change), road (MoRF, LeRF and combined), adcc (explains each masked image again), "
+                    "pointing (the pointing game; needs --annotations)")
+      ->expected(0, -1)->check(CLI::IsMember({"deletion", "insertion", "drop", "road", "adcc", "pointing"}))
+      ->capture_default_str();
+  faith->add_option("--tolerance", fa->tolerance, "pointing game tolerance in pixels, as eval-loc's")
+      ->check(whole_number(0))->capture_default_str();
   faith->add_option("--steps", fa->steps, "deletion / insertion steps")->check(whole_number(1))->capture_default_str();
   faith->add_option("--sanity", fa->sanity, "run the parameter-randomisation check on the first N images (0: off)")
       ->check(whole_number(0))->capture_default_str();
   faith->add_option("--limit", fa->limit, "use only the first N images (0: all)")->check(whole_number(0));
-  faith->add_option("--perturbation-batch", fa->perturbation_batch, "scorecam / ablationcam: perturbed images per forward pass (0: 32, or with GRADCAM_MALLOC=default the library's default: 1 on the CPU, 32 on a GPU)")
+  faith->add_option("--perturbation-batch", fa->perturbation_batch, "scorecam, sscam, iscam, ablationcam: perturbed images per forward pass (0: 32, or with GRADCAM_MALLOC=default the library's default: 1 on the CPU, 32 on a GPU)")
       ->check(whole_number(1))->capture_default_str();
   faith->add_option("--report", fa->report, "JSON report to write")->capture_default_str();
   add_shard(faith, fa->common.shard);
-  add_eigen_smooth(faith, fa->common);
+  add_cam_smoothing(faith, fa->common);
   return {&fa->common, [fa] { return run_eval_faith(*fa); }};
 }
 

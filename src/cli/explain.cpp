@@ -416,20 +416,20 @@ Subcommand add_explain(CLI::App* explain) {
   auto ex = std::make_shared<ExplainArgs>();
   add_common(explain, ex->common);
   add_shard(explain, ex->common.shard);
-  add_eigen_smooth(explain, ex->common);
+  add_cam_smoothing(explain, ex->common);
   explain->add_option("--image", ex->images, "image file(s)")->expected(1, -1);
   explain->add_option("--images", ex->images_dir, "a folder of images");
   auto* cls = explain->add_option("--class", ex->classes, "class index to explain (one for all images, or one per image)")->expected(1, -1)->check(whole_number(0, std::numeric_limits<long long>::max()));
   explain->add_option("--topk", ex->topk, "explain the K best classes of each image")->check(whole_number(1))->excludes(cls);
   std::vector<std::string> explain_methods = cam_method_names();
   for (const char* m : {"counterfactual", "guided", "deconvnet", "guided-gradcam", "deconvnet-gradcam"}) explain_methods.emplace_back(m);
-  explain->add_option("--method", ex->methods, "gradcam, gradcam++, xgradcam, hirescam, layercam, scorecam, ablationcam, eigencam, eigengradcam, kpcacam, gradcamelementwise, randomcam, cam, rollout, counterfactual, guided, deconvnet, guided-gradcam, deconvnet-gradcam (several allowed)")
+  explain->add_option("--method", ex->methods, "gradcam, gradcam++, xgradcam, hirescam, layercam, scorecam, ablationcam, eigencam, eigengradcam, kpcacam, gradcamelementwise, randomcam, sscam, iscam, cam, rollout, counterfactual, guided, deconvnet, guided-gradcam, deconvnet-gradcam (several allowed)")
       ->expected(1, -1)
       ->check(CLI::IsMember(explain_methods))
       ->capture_default_str();
   explain->add_option("--layers", ex->layers, "several target layers (instead of --layer): one map each, or one fused map with --fuse")->expected(1, -1);
   explain->add_option("--fuse", ex->fuse, "combine the normalised maps of the --layers: mean or max")->check(CLI::IsMember({"mean", "max"}));
-  explain->add_option("--perturbation-batch", ex->perturbation_batch, "scorecam / ablationcam: perturbed images per forward pass (0: 32, or with GRADCAM_MALLOC=default the library's default: 1 on the CPU, 32 on a GPU)")
+  explain->add_option("--perturbation-batch", ex->perturbation_batch, "scorecam, sscam, iscam, ablationcam: perturbed images per forward pass (0: 32, or with GRADCAM_MALLOC=default the library's default: 1 on the CPU, 32 on a GPU)")
       ->check(whole_number(1))->capture_default_str();
   explain->add_option("--colormap", ex->colormap, "heatmap colours")->check(CLI::IsMember(gradcam::colormap_names()))->capture_default_str();
   explain->add_option("--alpha", ex->alpha, "heatmap opacity over the image")->check(real_number(0, 1))->capture_default_str();

@@ -21,11 +21,12 @@ json counts_json(const FaithCounts& c) {
   return {{"n", c.n}, {"deletion", c.deletion}, {"insertion", c.insertion}, {"drop", c.drop},
           {"increase", c.increase}, {"morf", c.morf}, {"lerf", c.lerf}, {"change", c.change},
           {"coherency", c.coherency}, {"complexity", c.complexity}, {"adcc", c.adcc},
-          {"deletion_curve", c.deletion_curve}, {"insertion_curve", c.insertion_curve}, {"unit", "2^-32"}};
+          {"pointing", c.pointing}, {"deletion_curve", c.deletion_curve}, {"insertion_curve", c.insertion_curve}, {"unit", "2^-32"}};
 }
 
 /// A method's means: AUCs and mean curves, Average Drop, Increase in Confidence and the confidence
-/// change, ROAD, ADCC (the mean of each image's; its three parts' means beside it).
+/// change, ROAD, ADCC (the mean of each image's; its three parts' means beside it), the pointing
+/// game's hit rate.
 json means(const FaithCounts& c, const std::set<std::string>& metrics) {
   json m = json::object();
   if (c.n <= 0) return m;
@@ -53,6 +54,7 @@ json means(const FaithCounts& c, const std::set<std::string>& metrics) {
     m["adcc_coherency"] = mean(c.coherency);
     m["adcc_complexity"] = mean(c.complexity);
   }
+  if (metrics.count("pointing")) m["pointing_game"] = mean(c.pointing);
   return m;
 }
 
@@ -70,6 +72,7 @@ FaithCounts& FaithCounts::operator+=(const FaithCounts& o) {
   coherency += o.coherency;
   complexity += o.complexity;
   adcc += o.adcc;
+  pointing += o.pointing;
   auto add = [](std::vector<int64_t>& to, const std::vector<int64_t>& from) {
     if (to.size() < from.size()) to.resize(from.size(), 0);
     for (size_t i = 0; i < from.size(); ++i) to[i] += from[i];
@@ -122,7 +125,7 @@ FaithCounts faith_counts_of(const json& report, const std::string& method, const
   c.morf = j.at("morf").get<int64_t>();
   c.lerf = j.at("lerf").get<int64_t>();
   for (auto [key, field] : {std::pair{"change", &c.change}, {"coherency", &c.coherency}, {"complexity", &c.complexity},
-                            {"adcc", &c.adcc}}) {
+                            {"adcc", &c.adcc}, {"pointing", &c.pointing}}) {
     *field = j.value(key, int64_t{0});  // absent in the reports of gradcam before these metrics
   }
   c.deletion_curve = j.at("deletion_curve").get<std::vector<int64_t>>();

@@ -21,7 +21,7 @@ namespace gradcam_cli {
 struct FaithCounts {
   int64_t n = 0;
   int64_t deletion = 0, insertion = 0, drop = 0, increase = 0, morf = 0, lerf = 0;
-  int64_t change = 0, coherency = 0, complexity = 0, adcc = 0;
+  int64_t change = 0, coherency = 0, complexity = 0, adcc = 0, pointing = 0;
   std::vector<int64_t> deletion_curve, insertion_curve;  ///< per step, summed over the images
   FaithCounts& operator+=(const FaithCounts& other);
 };
