@@ -1,8 +1,12 @@
-// src/targets.cpp: segmentation, similarity and any-scalar targets (see gradcam/targets.hpp).
+// src/targets.cpp: segmentation, similarity, any-scalar and Finer-CAM targets (see
+// gradcam/targets.hpp).
 #include <gradcam/targets.hpp>
 
 #include <ATen/ATen.h>
 #include <ATen/core/ivalue.h>
+
+#include <cmath>
+#include <limits>
 
 #include <gradcam/error.hpp>
 
@@ -133,6 +137,45 @@ Target output(std::string key, std::vector<int64_t> index) {
       t = t.select(1, index[d]);
     }
     return t.reshape({t.size(0)});
+  });
+}
+
+namespace {
+
+/// Finer-CAM's main classes [N, 1]: the given ones (checked against the output's classes), or
+/// each sample's top-1.
+at::Tensor finer_main(const std::vector<int64_t>& classes, const at::Tensor& y) {
+  const int64_t n = y.size(0);
+  if (classes.empty()) return y.detach().argmax(1).view({n, 1});
+  GRADCAM_CHECK(classes.size() == 1 || static_cast<int64_t>(classes.size()) == n, "Finer-CAM: ", classes.size(),
+                " classes given for a batch of ", n, " (give one, or one per sample)");
+  for (int64_t c : classes) {
+    GRADCAM_CHECK(c >= 0 && c < y.size(1), "class ", c, " is out of range: the output has ", y.size(1), " classes");
+  }
+  const at::Tensor t = at::tensor(classes, at::TensorOptions().dtype(at::kLong)).to(y.device());
+  return (classes.size() == 1 ? t.expand({n}) : t).reshape({n, 1});
+}
+
+}  // namespace
+
+Target finer(std::vector<int64_t> classes, int64_t references, double alpha, std::string key) {
+  GRADCAM_CHECK(references >= 1, "Finer-CAM needs at least 1 reference class, got ", references);
+  GRADCAM_CHECK(std::isfinite(alpha), "Finer-CAM's alpha must be a finite number, got ", alpha);
+  return Target::ranked([classes, references, alpha, key](const c10::IValue& out) {
+    const at::Tensor y = key.empty() && !out.isTensor() ? select_output(out, "0") : select_output(out, key);
+    GRADCAM_CHECK(y.dim() == 2, "Finer-CAM compares class scores: it needs an output [N, classes]; it has shape ",
+                  shape_str(y.sizes()));
+    GRADCAM_CHECK(references < y.size(1), "Finer-CAM: ", references, " reference classes asked for, but the output has ",
+                  y.size(1), " classes (at most ", y.size(1) - 1, " references)");
+    const at::Tensor main = finer_main(classes, y);
+    const at::Tensor yd = y.detach();
+    at::Tensor distance = (yd - yd.gather(1, main)).abs();
+    distance.scatter_(1, main, std::numeric_limits<double>::infinity());  // never its own reference
+    const at::Tensor refs = std::get<1>(distance.sort(/*stable=*/true, 1, false)).narrow(1, 0, references);
+    const at::Tensor p = at::softmax(y, 1).gather(1, refs);
+    const at::Tensor margin = y.gather(1, main) - alpha * y.gather(1, refs);
+    const at::Tensor score = (p * margin).sum(1) / (p.sum(1) + 1e-9);
+    return Target::Ranked{score.unsqueeze(1), main};
   });
 }
 

@@ -347,6 +347,19 @@ TEST_CASE("explain: CAM methods and fused layers", "[cli][methods]") {
     REQUIRE(got.sizes() == lib.sizes());
     CHECK(test::rel_err(got, lib) < 1e-6);
   }
+  // --finer: the library's Finer-CAM target, for the class given
+  r = run(cli() + " explain --model " + demo("digits.pt") + " --image " + img + " --resize 0 --crop 0 --class 3 --quiet" +
+          " --layer block3 --finer 2 --finer-alpha 0.5 --out " + dir + "/finer");
+  INFO(r.out);
+  REQUIRE(r.code == 0);
+  gradcam::GradCAM fc(module, gradcam::GradCAMOptions("block3"));
+  const at::Tensor finer_lib = fc.compute(x, gradcam::targets::finer({3}, 2, 0.5)).maps[0].map[0][0];
+  const at::Tensor finer_got = read_npy(dir + "/finer/" + stem + "_c3_gradcam_map.npy");
+  REQUIRE(finer_got.sizes() == finer_lib.sizes());
+  CHECK(test::rel_err(finer_got, finer_lib) < 1e-6);
+  r = run(cli() + " explain --model " + demo("digits.pt") + " --image " + img + " --finer 2 --class 3 4 --out " + dir);
+  CHECK(r.code != 0);
+  CHECK_THAT(r.out, Contains("--finer explains one class: give one --class, or none for each image's top-1"));
   r = run(cli() + " explain --model " + demo("digits.pt") + " --image " + img + " --method sscam --samples -1 --out " + dir);
   CHECK(r.code != 0);
   CHECK_THAT(r.out, Contains("--samples"));

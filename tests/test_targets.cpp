@@ -65,6 +65,39 @@ TEST_CASE("embedding similarity and any scalar of a tuple output", "[targets]") 
   CHECK(r.classes.eq(-1).all().item<bool>());
 }
 
+TEST_CASE("Finer-CAM: the class against the classes nearest in score", "[targets]") {
+  const test::Ref ref("targets_embed");
+  auto m = test::model("targets_embed");
+  m.to(at::kDouble);
+  const at::Tensor x = ref.get("input").to(at::kDouble);
+  // top-1 against its 3 nearest classes (alpha 1), on the tuple's logits (element "1")
+  const at::Tensor want = ref.get(test::key("finer", "backbone", 2, 0));
+  REQUIRE(want.abs().max().item<double>() > 0);
+  CHECK(test::rel_err(cam_of(m, x, tg::finer({}, 3, 1.0, "1")), want) < kTol64);
+  // class 2 for both samples against its 2 nearest, alpha 0.5
+  const at::Tensor want2 = ref.get(test::key("finer_c2_r2_a05", "backbone", 2, 0));
+  REQUIRE(want2.abs().max().item<double>() > 0);
+  CHECK(test::rel_err(cam_of(m, x, tg::finer({2}, 2, 0.5, "1")), want2) < kTol64);
+  // the result names the classes explained: the top-1, or the one given
+  gradcam::GradCAM cam(m, gradcam::GradCAMOptions("backbone"));
+  at::Tensor logits;
+  {
+    c10::NoGradGuard no_grad;
+    logits = m.forward({x}).toTuple()->elements()[1].toTensor();
+  }
+  CHECK(at::equal(cam.compute(x, tg::finer({}, 3, 1.0, "1")).classes.squeeze(1), logits.argmax(1)));
+  CHECK(cam.compute(x, tg::finer({2}, 2, 0.5, "1")).classes.eq(2).all().item<bool>());
+  // bad values, by name
+  CHECK_THROWS_WITH(cam.compute(x, tg::finer({}, 5, 1.0, "1")),
+                    "Finer-CAM: 5 reference classes asked for, but the output has 5 classes (at most 4 references)");
+  CHECK_THROWS_WITH(cam.compute(x, tg::finer({7}, 3, 1.0, "1")), "class 7 is out of range: the output has 5 classes");
+  auto seg = test::model("targets_seg");  // a dict of per-pixel scores [N, 4, 32, 32]: no class scores
+  gradcam::GradCAM cs(seg, gradcam::GradCAMOptions("backbone"));
+  CHECK_THROWS_WITH(cs.compute(at::randn({1, 3, 32, 32}), tg::finer({}, 3, 1.0, "out")),
+                    "Finer-CAM compares class scores: it needs an output [N, classes]; it has shape [1, 4, 32, 32]");
+  CHECK_THROWS_WITH(tg::finer({}, 0), "Finer-CAM needs at least 1 reference class, got 0");
+}
+
 TEST_CASE("bad targets name the bad value", "[targets][errors]") {
   auto seg = test::model("targets_seg");
   auto emb = test::model("targets_embed");

@@ -7,7 +7,8 @@
 //    FCN / DeepLab when scripted);
 //  - similarity: the cosine similarity between the model's embedding of the input and a reference
 //    embedding (of a second image, say), for re-identification and face matching;
-//  - output: one element of a tuple / dict output, optionally indexed further.
+//  - output: one element of a tuple / dict output, optionally indexed further;
+//  - finer: Finer-CAM's contrast of a class with the classes whose scores are nearest to it.
 // See docs/targets.md.
 #pragma once
 
@@ -44,6 +45,17 @@ Target similarity(at::Tensor reference, std::string key = "");
 /// output itself), then `index` picks one element of each sample's tensor (empty: the sample's
 /// tensor must hold exactly one value). Example: output("1", {4}) explains out[1][:, 4].
 Target output(std::string key, std::vector<int64_t> index = {});
+
+/// Finer-CAM (Zhang et al., CVPR 2025, as pytorch-grad-cam's FinerWeightedTarget): the score of
+/// class n contrasted with the `references` classes whose scores are nearest to n's (|y_i - y_n|
+/// smallest, ties to the lower index; chosen without gradient):
+///   sum_i p_i (y_n - alpha y_i) / (sum_i p_i + 1e-9),  p = softmax(y),
+/// differentiated through p as well. n is `classes` (one per sample, or one for all), or each
+/// sample's top-1 class when empty. The output (`key` as in output(); a tuple's first element by
+/// default) must be class scores [N, classes]. A ranked target of one rank: the result's classes
+/// are the n explained. With any method that reads a gradient (a Target::ranked target: not the
+/// perturbation methods).
+Target finer(std::vector<int64_t> classes = {}, int64_t references = 3, double alpha = 1.0, std::string key = "");
 
 /// The tensor output() and similarity() read: `key` as in output(). Throws gradcam::Error naming
 /// the available keys / the output's size.

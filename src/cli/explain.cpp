@@ -47,6 +47,8 @@ struct ExplainArgs {
   std::string images_dir;
   std::vector<int64_t> classes;
   int topk = 0;
+  int finer = 0;             ///< --finer K: Finer-CAM's reference classes (0: off)
+  double finer_alpha = 1.0;  ///< --finer-alpha
   std::vector<std::string> methods = {"gradcam"};
   std::string colormap = "jet";
   double alpha = 0.5;
@@ -142,6 +144,13 @@ gradcam::GradCAMOptions explain_options(const ExplainArgs& a, const std::vector<
 }
 
 /// One `explain` run: its settings, explainers, outputs and counts.
+/// --finer K: the Finer-CAM target of --class (one class) or of each image's top-1.
+gradcam::Target finer_target(const ExplainArgs& a) {
+  GRADCAM_CHECK(!a.detection.on(), "--finer contrasts class scores; it does not apply to --task detection");
+  GRADCAM_CHECK(a.classes.size() <= 1, "--finer explains one class: give one --class, or none for each image's top-1");
+  return gradcam::targets::finer(a.classes, a.finer, a.finer_alpha);
+}
+
 struct ExplainRun {
   const ExplainArgs& a;
   c10::Device device;
@@ -163,7 +172,8 @@ struct ExplainRun {
         device(a.common.device),
         module(gradcam::load_model(a.common.model, device)),
         colormap(gradcam::colormap_from_name(a.colormap)),
-        target(a.detection.on() ? detection_target(a.detection)
+        target(a.finer > 0          ? finer_target(a)
+               : a.detection.on()   ? detection_target(a.detection)
                : a.topk > 0         ? gradcam::Target::topk(a.topk)
                : !a.classes.empty() ? gradcam::Target::classes(a.classes)
                                     : gradcam::Target::top1()),
@@ -420,7 +430,11 @@ Subcommand add_explain(CLI::App* explain) {
   explain->add_option("--image", ex->images, "image file(s)")->expected(1, -1);
   explain->add_option("--images", ex->images_dir, "a folder of images");
   auto* cls = explain->add_option("--class", ex->classes, "class index to explain (one for all images, or one per image)")->expected(1, -1)->check(whole_number(0, std::numeric_limits<long long>::max()));
-  explain->add_option("--topk", ex->topk, "explain the K best classes of each image")->check(whole_number(1))->excludes(cls);
+  auto* topk = explain->add_option("--topk", ex->topk, "explain the K best classes of each image")->check(whole_number(1))->excludes(cls);
+  explain->add_option("--finer", ex->finer, "Finer-CAM: explain the class against the K classes whose scores are "
+                      "nearest to it (0: off)")->check(whole_number(0))->excludes(topk)->capture_default_str();
+  explain->add_option("--finer-alpha", ex->finer_alpha, "Finer-CAM: the weight of the reference classes' scores")
+      ->check(real_number(0, 1e6))->capture_default_str();
   std::vector<std::string> explain_methods = cam_method_names();
   for (const char* m : {"counterfactual", "guided", "deconvnet", "guided-gradcam", "deconvnet-gradcam"}) explain_methods.emplace_back(m);
   explain->add_option("--method", ex->methods, "gradcam, gradcam++, xgradcam, hirescam, layercam, scorecam, ablationcam, eigencam, eigengradcam, kpcacam, gradcamelementwise, randomcam, sscam, iscam, cam, rollout, counterfactual, guided, deconvnet, guided-gradcam, deconvnet-gradcam (several allowed)")
