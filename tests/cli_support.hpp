@@ -9,6 +9,8 @@
 #include <string>
 #include <sys/wait.h>
 
+#include "support.hpp"
+
 namespace fs = std::filesystem;
 
 namespace test {
@@ -57,7 +59,7 @@ inline std::string catches_sigint() {
 }
 
 inline std::string tmpdir(const std::string& name) {
-  auto d = fs::temp_directory_path() / ("gradcam_test_" + name);
+  auto d = scratch_root() / name;
   fs::remove_all(d);
   fs::create_directories(d);
   return d.string();

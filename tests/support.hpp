@@ -5,7 +5,10 @@
 #include <torch/csrc/jit/api/module.h>
 
 #include <cstdlib>
+#include <filesystem>
 #include <string>
+#include <system_error>
+#include <unistd.h>
 
 #include <torch/csrc/jit/serialization/import.h>
 
@@ -26,6 +29,26 @@ inline bool quick() {
 }
 
 inline std::string fixture(const std::string& name) { return fixtures() + "/" + name; }
+
+/// This test process's scratch folder, made on first use and removed at exit: the tests write
+/// their files under it, never under a fixed name in /tmp, so that two suites running at once (a
+/// release and a sanitizer build on one machine) cannot overwrite each other's files.
+inline std::filesystem::path scratch_root() {
+  struct Root {
+    std::filesystem::path path =
+        std::filesystem::temp_directory_path() / ("gradcam_tests_" + std::to_string(::getpid()));
+    Root() {
+      std::filesystem::remove_all(path);
+      std::filesystem::create_directories(path);
+    }
+    ~Root() {
+      std::error_code ec;
+      std::filesystem::remove_all(path, ec);
+    }
+  };
+  static Root root;
+  return root.path;
+}
 
 inline torch::jit::Module model(const std::string& name) {
   return gradcam::load_model(fixture(name + ".pt"));

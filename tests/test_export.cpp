@@ -47,7 +47,7 @@ Outputs library(const torch::jit::Module& model, const gradcam::ExportOptions& o
 }
 
 std::string scratch(const std::string& name) {
-  const fs::path d = fs::temp_directory_path() / ("gradcam_test_export_" + name);
+  const fs::path d = test::scratch_root() / ("export_" + name);
   fs::remove_all(d);
   fs::create_directories(d);
   return d.string();

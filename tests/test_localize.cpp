@@ -31,7 +31,7 @@ gradcam::Box box(int x0, int y0, int x1, int y1) {
   return b;
 }
 std::string write(const std::string& name, const std::string& text) {
-  const auto p = fs::temp_directory_path() / ("gradcam_loc_" + name);
+  const auto p = test::scratch_root() / ("loc_" + name);
   std::ofstream(p) << text;
   return p.string();
 }

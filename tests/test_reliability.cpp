@@ -126,7 +126,7 @@ TEST_CASE("threads: own explainers on one shared module, and one shared explaine
 
 #if defined(GRADCAM_WITH_OPENCV)
 TEST_CASE("odd images: grayscale, 16-bit, alpha, 1x1, truncated", "[reliability][image]") {
-  const fs::path dir = fs::temp_directory_path() / "gradcam_odd_images";
+  const fs::path dir = test::scratch_root() / "odd_images";
   fs::create_directories(dir);
   auto path = [&](const std::string& name) { return (dir / name).string(); };
   cv::Mat gray(20, 30, CV_8UC1, cv::Scalar(128));
@@ -174,7 +174,7 @@ TEST_CASE("odd images: grayscale, 16-bit, alpha, 1x1, truncated", "[reliability]
 // limit is refused before decoding, the exact count loads. 37 x 23: odd, and not square, so a
 // swapped width and height shows.
 TEST_CASE("the pixel limit is read from each format's header, before decoding", "[reliability][image]") {
-  const fs::path dir = fs::temp_directory_path() / "gradcam_pixel_limit";
+  const fs::path dir = test::scratch_root() / "pixel_limit";
   fs::create_directories(dir);
   cv::Mat img(23, 37, CV_8UC3);
   cv::randu(img, 0, 255);
