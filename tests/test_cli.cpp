@@ -315,48 +315,33 @@ TEST_CASE("explain: CAM methods and fused layers", "[cli][methods]") {
   CHECK(r.code == 0);
   CHECK(fs::exists(dir + "/" + stem + "_c3_layercam_block2.png"));
   CHECK(fs::exists(dir + "/" + stem + "_c3_layercam_block3.png"));
-  // --eigen-smooth: the library's eigen_smooth maps, at the layer's resolution
-  r = run(cli() + " explain --model " + demo("digits.pt") + " --image " + img +
-          " --resize 0 --crop 0 --class 3 --quiet --layer block3 --method kpcacam gradcam --eigen-smooth --out " + dir + "/es");
-  INFO(r.out);
-  REQUIRE(r.code == 0);
-  gradcam::GradCAM smooth(module, gradcam::GradCAMOptions("block3").methods({gradcam::Method::kpcacam, gradcam::Method::gradcam})
-                                      .eigen_smooth(true));
-  const auto sr = smooth.compute(x, gradcam::Target::classes({3}));
-  for (auto m : {gradcam::Method::kpcacam, gradcam::Method::gradcam}) {
-    const std::string name = gradcam::method_name(m);
-    INFO(name);
-    const at::Tensor got = read_npy(dir + "/es/" + stem + "_c3_" + name + "_map.npy");
-    const at::Tensor lib = sr.get("block3", 0, 0, m).map[0][0];
-    REQUIRE(got.sizes() == lib.sizes());
-    CHECK(test::rel_err(got, lib) < 1e-6);
-  }
-  // SS-CAM and IS-CAM with --samples and --noise-std: the library's maps with those options
-  r = run(cli() + " explain --model " + demo("digits.pt") + " --image " + img + " --resize 0 --crop 0 --class 3 --quiet" +
-          " --layer block3 --method sscam iscam --samples 2 --noise-std 0.5 --out " + dir + "/ss");
-  INFO(r.out);
-  REQUIRE(r.code == 0);
-  gradcam::GradCAM ss(module, gradcam::GradCAMOptions("block3").methods({gradcam::Method::sscam, gradcam::Method::iscam})
-                                  .samples(2).noise_std(0.5));
-  const auto ssr = ss.compute(x, gradcam::Target::classes({3}));
-  for (auto m : {gradcam::Method::sscam, gradcam::Method::iscam}) {
-    const std::string name = gradcam::method_name(m);
-    INFO(name);
-    const at::Tensor got = read_npy(dir + "/ss/" + stem + "_c3_" + name + "_map.npy");
-    const at::Tensor lib = ssr.get("block3", 0, 0, m).map[0][0];
-    REQUIRE(got.sizes() == lib.sizes());
-    CHECK(test::rel_err(got, lib) < 1e-6);
-  }
-  // --finer: the library's Finer-CAM target, for the class given
-  r = run(cli() + " explain --model " + demo("digits.pt") + " --image " + img + " --resize 0 --crop 0 --class 3 --quiet" +
-          " --layer block3 --finer 2 --finer-alpha 0.5 --out " + dir + "/finer");
-  INFO(r.out);
-  REQUIRE(r.code == 0);
-  gradcam::GradCAM fc(module, gradcam::GradCAMOptions("block3"));
-  const at::Tensor finer_lib = fc.compute(x, gradcam::targets::finer({3}, 2, 0.5)).maps[0].map[0][0];
-  const at::Tensor finer_got = read_npy(dir + "/finer/" + stem + "_c3_gradcam_map.npy");
-  REQUIRE(finer_got.sizes() == finer_lib.sizes());
-  CHECK(test::rel_err(finer_got, finer_lib) < 1e-6);
+  // the command's block3 maps of class 3 against the library's, with the same options and target
+  auto same_maps = [&](const std::string& flags, const std::string& sub, const gradcam::GradCAMOptions& opts,
+                       const gradcam::Target& target) {
+    const Run e = run(cli() + " explain --model " + demo("digits.pt") + " --image " + img +
+                      " --resize 0 --crop 0 --class 3 --quiet --layer block3 " + flags + " --out " + dir + "/" + sub);
+    INFO(e.out);
+    REQUIRE(e.code == 0);
+    const auto lib = gradcam::GradCAM(module, opts).compute(x, target);
+    for (const auto& m : lib.maps) {
+      const std::string name = gradcam::method_name(m.method);
+      INFO(flags << ": " << name);
+      const at::Tensor got = read_npy(dir + "/" + sub + "/" + stem + "_c3_" + name + "_map.npy");
+      REQUIRE(got.sizes() == m.map[0][0].sizes());
+      CHECK(test::rel_err(got, m.map[0][0]) < 1e-6);
+    }
+  };
+  using gradcam::Method;
+  // --eigen-smooth
+  same_maps("--method kpcacam gradcam --eigen-smooth", "es",
+            gradcam::GradCAMOptions("block3").methods({Method::kpcacam, Method::gradcam}).eigen_smooth(true),
+            gradcam::Target::classes({3}));
+  // SS-CAM and IS-CAM with --samples and --noise-std
+  same_maps("--method sscam iscam --samples 2 --noise-std 0.5", "ss",
+            gradcam::GradCAMOptions("block3").methods({Method::sscam, Method::iscam}).samples(2).noise_std(0.5),
+            gradcam::Target::classes({3}));
+  // --finer: the Finer-CAM target of the class given
+  same_maps("--finer 2 --finer-alpha 0.5", "finer", gradcam::GradCAMOptions("block3"), gradcam::targets::finer({3}, 2, 0.5));
   r = run(cli() + " explain --model " + demo("digits.pt") + " --image " + img + " --finer 2 --class 3 4 --out " + dir);
   CHECK(r.code != 0);
   CHECK_THAT(r.out, Contains("--finer explains one class: give one --class, or none for each image's top-1"));
