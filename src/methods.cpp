@@ -1,17 +1,17 @@
 // src/methods.cpp: the CAM methods, one function each (and a preparation where a method shares
-// work across ranks), and kMethods, the one table of their names and kinds. Adding a method: its
-// functions here, its row in kMethods, its enum value in <gradcam/grad_cam.hpp>; see
-// docs/architecture.md, "Adding a method".
+// work across ranks), and kMethods, the one table of their names and kinds. The methods that run
+// the model again on perturbed inputs are in perturbation.cpp, CAM in cam.cpp and attention
+// rollout in rollout.cpp. Adding a method: its functions here (or in a file of their own), its row
+// in kMethods, its enum value in <gradcam/grad_cam.hpp>; see docs/architecture.md, "Adding a
+// method".
 #include "methods.hpp"
 
 #include <ATen/ATen.h>
 #include <ATen/CPUGeneratorImpl.h>
-#include <c10/core/GradMode.h>
 
 #include <algorithm>
 #include <cctype>
 #include <cmath>
-#include <functional>
 #include <memory>
 
 #include <gradcam/error.hpp>
@@ -37,6 +37,9 @@ at::Tensor weighted_sum(const at::Tensor& w, const at::Tensor& a) {
   return (w.view(shape) * a).sum(1, /*keepdim=*/true);
 }
 
+/// A map from channel weights [N,K].
+Weighted from_weights(const at::Tensor& w, const at::Tensor& a) { return {weighted_sum(w, a), w, {}}; }
+
 namespace {
 
 /// num / den where den != 0, else 0 (no epsilon: an epsilon would bias small gradients).
@@ -45,8 +48,6 @@ at::Tensor safe_div(const at::Tensor& num, const at::Tensor& den) {
   return at::where(nz, num / at::where(nz, den, at::ones_like(den)), at::zeros_like(num));
 }
 
-/// A map from channel weights [N,K].
-Weighted from_weights(const at::Tensor& w, const at::Tensor& a) { return {weighted_sum(w, a), w, {}}; }
 
 // ---- gradient methods: A and g = dy/dA (negated for counterfactual maps) ----
 
@@ -157,202 +158,6 @@ Weighted random_cam(const MethodInputs& in) {
   return from_weights((u * 2 - 1).to(in.a.options()), in.a);
 }
 
-// ---- perturbation methods: extra forward passes of perturbed inputs ----
-
-/// Ablation-CAM's change of a layer output x [len, ...] whose row i belongs to channel
-/// channels[i]: that channel of row i's grid set to zero, in place. In a token layer the extra
-/// tokens keep every channel: they are not part of the map. x must be contiguous: the grid is a
-/// view of it (layout.hpp), so the zeros land in x's own layout.
-void zero_channels(const Layout& layout, at::Tensor& x, const at::Tensor& channels) {
-  at::Tensor grid = to_grid(x, layout);
-  const at::Tensor rows = at::arange(channels.size(0), channels.options());
-  grid.index_put_({rows, channels}, at::zeros({}, x.options()));
-}
-
-/// The same, for the capture op to apply to the model's own output: on a copy.
-std::function<at::Tensor(const at::Tensor&)> ablation(const Layout& layout, at::Tensor channels) {
-  return [layout, channels](const at::Tensor& x) {
-    at::Tensor out = x.clone(at::MemoryFormat::Contiguous);
-    zero_channels(layout, out, channels);
-    return out;
-  };
-}
-
-/// The channel of each of the perturbed inputs start..start+len-1 (input i: sample i / K,
-/// channel i % K).
-at::Tensor channels_of(const at::Tensor& a, int64_t start, int64_t len) {
-  return at::arange(start, start + len, a.options().dtype(at::kLong)).remainder(a.size(1));
-}
-
-/// The class scores of a perturbed batch of `len`, checked.
-at::Tensor perturbed_batch_logits(const c10::IValue& out, int64_t len) {
-  at::Tensor logits = logits_of(out);
-  GRADCAM_CHECK(logits.dim() == 2 && logits.size(0) == len, "the model output has shape ", shape_str(logits.sizes()),
-                " on a perturbed batch of ", len, "; Score-CAM and Ablation-CAM need class scores [N, classes]");
-  return logits.detach();
-}
-
-/// run(start, len) -> logits [len, classes] for perturbed inputs start..start+len-1 of `total`,
-/// `batch` at a time; all of them [total, classes].
-at::Tensor in_batches(int64_t total, int64_t batch, const std::function<at::Tensor(int64_t, int64_t)>& run) {
-  std::vector<at::Tensor> chunks;
-  for (int64_t start = 0; start < total; start += batch) chunks.push_back(run(start, std::min(batch, total - start)));
-  return at::cat(chunks, 0);
-}
-
-/// Ablation-CAM from the layer on: the model before the layer runs once, and only the part after
-/// it reruns for each ablated channel (for resnet50's layer4: an average pool and a linear layer
-/// instead of the whole network). Undefined where the forward cannot be cut at the layer
-/// (SplitForward::make), or where the cut forward does not give the model's own logits back on
-/// the batch in reverse order: a check that a value the cut selects by sample really is per
-/// sample. Its bound, 1e-4 of the logits' size, is far below what a mixed-up sample changes; the
-/// difference measured was 0 (resnet18, the toy model, the ViTs of the tests; float32 and 64).
-at::Tensor ablated_after_layer(const PrepareInputs& in, int64_t batch) {
-  const at::Tensor& a = in.a;
-  auto split = in.call == 0 ? SplitForward::make(in.forward, in.slot) : nullptr;
-  if (!split || !in.logits.defined()) return {};
-  CaptureContext ctx(in.forward.slots(), CaptureContext::Mode::perturb, in.forward.observe_from());
-  const SplitForward::First f = split->first(in.input, ctx);
-  const int64_t n = a.size(0);
-  if (f.batch != n) return {};
-  const at::Tensor reversed = at::arange(n - 1, -1, -1, a.options().dtype(at::kLong));
-  CaptureContext check_ctx(in.forward.slots(), CaptureContext::Mode::perturb, in.forward.observe_from());
-  const at::Tensor again = perturbed_batch_logits(
-      split->second(f, reversed, f.layer_output.index_select(0, reversed), check_ctx), n);
-  const at::Tensor expected = in.logits.detach().index_select(0, reversed).to(again.scalar_type());
-  const double scale = std::max(1.0, expected.abs().max().item<double>());
-  if (again.sizes() != expected.sizes() || (again - expected).abs().max().item<double>() > 1e-4 * scale) return {};
-  const int64_t k = a.size(1);
-  // One buffer for every batch of ablated outputs: a fresh one of this size (tens of MB) each
-  // time cost more in page faults than the layers after layer4 cost in arithmetic.
-  const at::Tensor layer_output = f.layer_output.contiguous();
-  at::Tensor ablated = at::empty({0}, layer_output.options());
-  return in_batches(n * k, batch, [&](int64_t start, int64_t len) {
-    const at::Tensor rows = at::arange(start, start + len, a.options().dtype(at::kLong)).div(k, "floor");
-    at::index_select_out(ablated, layer_output, 0, rows);
-    zero_channels(in.layout, ablated, channels_of(a, start, len));
-    CaptureContext c(in.forward.slots(), CaptureContext::Mode::perturb, in.forward.observe_from());
-    // a copy: the part after the layer may return (a view of) the buffer the next batch reuses
-    return perturbed_batch_logits(split->second(f, rows, ablated, c), len).clone();
-  });
-}
-
-/// Score-CAM's masks [N*K, 1, H, W]: each A_k upsampled to the input and scaled to [0, 1].
-at::Tensor score_cam_masks(const at::Tensor& a, const at::Tensor& input) {
-  const int64_t total = a.size(0) * a.size(1);
-  at::Tensor up = at::upsample_bilinear2d(a.reshape({total, 1, a.size(2), a.size(3)}), {input.size(2), input.size(3)},
-                                          false);
-  at::Tensor flat = up.view({total, -1});
-  at::Tensor lo = std::get<0>(flat.min(1, true));
-  at::Tensor hi = std::get<0>(flat.max(1, true));
-  at::Tensor range = hi - lo;
-  return at::where(range > 0, (flat - lo) / at::where(range > 0, range, at::ones_like(range)), at::zeros_like(flat))
-      .view({total, 1, input.size(2), input.size(3)});
-}
-
-/// SS-CAM and IS-CAM: the logits [N,K,classes] of the model on sample i's input times channel k's
-/// Score-CAM mask, averaged over S draws (SS-CAM: the mask plus Gaussian noise, draw s from a
-/// generator seeded with s) or steps (IS-CAM: the mask times (1 + ... + s) / S, as torchcam
-/// integrates). `batch` perturbed inputs per pass, within one sample and draw: the noise of a draw
-/// is made once, K masks at a time.
-at::Tensor smoothed_score_logits(Method method, const PrepareInputs& in, int64_t batch) {
-  const at::Tensor& input = in.input;
-  const at::Tensor& a = in.a;
-  const int64_t n = a.size(0);
-  const int64_t k = a.size(1);
-  const int64_t draws = in.options.samples() > 0 ? in.options.samples() : (method == Method::sscam ? 35 : 10);
-  const at::Tensor masks = score_cam_masks(a, input).view({n, k, 1, input.size(2), input.size(3)});
-  std::vector<at::Tensor> per_sample;
-  for (int64_t i = 0; i < n; ++i) {
-    const at::Tensor x = input.narrow(0, i, 1);
-    at::Tensor sum;
-    for (int64_t s = 0; s < draws; ++s) {
-      at::Tensor m = masks[i];
-      if (method == Method::sscam) {
-        auto gen = at::make_generator<at::CPUGeneratorImpl>(static_cast<uint64_t>(s));
-        const at::Tensor noise = at::randn(m.sizes(), gen, at::TensorOptions().dtype(at::kDouble));
-        m = m + (noise * in.options.noise_std()).to(m.options());
-      } else {
-        m = m * (static_cast<double>((s + 1) * (s + 2)) / 2.0 / static_cast<double>(draws));
-      }
-      m = m.to(x.scalar_type());
-      const at::Tensor logits = in_batches(k, batch, [&](int64_t start, int64_t len) {
-        CaptureContext ctx(in.forward.slots(), CaptureContext::Mode::perturb, in.forward.observe_from());
-        return perturbed_batch_logits(in.forward.run(x * m.narrow(0, start, len), ctx), len);
-      });
-      sum = sum.defined() ? sum + logits : logits;
-    }
-    per_sample.push_back(sum / static_cast<double>(draws));
-  }
-  return at::stack(per_sample);
-}
-
-/// The logits [N,K,classes] of the model on perturbed inputs, one per (sample, channel):
-/// Score-CAM: input * normalised upsampled A_k; Ablation-CAM: input with channel k of the capture
-/// (slot, call) set to zero, from the layer on where the forward can be cut there, else the whole
-/// forward again. Runs `batch` perturbed inputs per pass.
-at::Tensor perturbed_logits(Method method, const PrepareInputs& in, int64_t batch) {
-  const Forward& forward = in.forward;
-  const at::Tensor& input = in.input;
-  const at::Tensor& a = in.a;
-  if (batch == 0) batch = input.is_cuda() ? 32 : 1;  // automatic (GradCAMOptions::perturbation_batch)
-  GRADCAM_CHECK(a.dim() == 4, "Score-CAM, SS-CAM, IS-CAM and Ablation-CAM need a 4-D activation [N,K,h,w]");
-  c10::NoGradGuard no_grad;
-  if (method == Method::sscam || method == Method::iscam) return smoothed_score_logits(method, in, batch);
-  const int64_t n = a.size(0);
-  const int64_t k = a.size(1);
-  at::Tensor all = method == Method::ablationcam ? ablated_after_layer(in, batch) : at::Tensor();
-  if (!all.defined()) {
-    const at::Tensor masks = method == Method::scorecam ? score_cam_masks(a, input) : at::Tensor();
-    all = in_batches(n * k, batch, [&](int64_t start, int64_t len) {
-      const at::Tensor rows = at::arange(start, start + len, input.options().dtype(at::kLong)).div(k, "floor");
-      at::Tensor x = input.index_select(0, rows);
-      CaptureContext ctx(forward.slots(), CaptureContext::Mode::perturb, forward.observe_from());
-      if (method == Method::scorecam) {
-        x = x * masks.narrow(0, start, len).to(x.scalar_type());
-      } else {
-        ctx.ablate_slot = static_cast<int64_t>(in.slot);
-        ctx.ablate_call = in.call;
-        ctx.ablate = ablation(in.layout, channels_of(a, start, len));
-      }
-      return perturbed_batch_logits(forward.run(x, ctx), len);
-    });
-  }
-  return all.view({n, k, all.size(1)});
-}
-
-/// The Score-CAM family and Ablation-CAM: the perturbed logits, computed once for every rank.
-template <Method M>
-Prepared prepare_perturbed(const PrepareInputs& in) {
-  Prepared p;
-  p.perturbed = perturbed_logits(M, in, in.options.perturbation_batch());
-  return p;
-}
-
-/// [N,K]: the explained class's logit for each perturbed input.
-at::Tensor perturbed_class_logit(const MethodInputs& in) {
-  const at::Tensor& all = in.prepared.perturbed;
-  const int64_t n = in.a.size(0);
-  return all.gather(2, in.classes.view({n, 1, 1}).expand({n, all.size(1), 1}))
-      .squeeze(2)
-      .to(in.a.scalar_type());
-}
-
-/// Score-CAM: the softmax over channels of the class logit with the input masked by each channel
-/// (SS-CAM and IS-CAM: that logit averaged over their draws or steps).
-Weighted score_cam(const MethodInputs& in) {
-  return from_weights(at::softmax(perturbed_class_logit(in), 1), in.a);
-}
-
-/// Ablation-CAM: the relative drop of the class score when a channel is zeroed (the absolute drop
-/// where the score is 0).
-Weighted ablation_cam(const MethodInputs& in) {
-  const at::Tensor base = in.score.to(in.a.scalar_type()).view({in.a.size(0), 1});
-  const at::Tensor drop = base - perturbed_class_logit(in);
-  return from_weights(
-      at::where(base != 0, drop / at::where(base != 0, base, at::ones_like(base)), drop), in.a);
-}
-
 }  // namespace
 
 namespace {
@@ -393,15 +198,15 @@ const MethodRow kMethods[] = {
     {Method::xgradcam, "xgradcam", true, false, nullptr, xgrad_cam, kXGradCamScript},
     {Method::hirescam, "hirescam", true, false, nullptr, hires_cam, kHiResCamScript},
     {Method::layercam, "layercam", true, false, nullptr, layer_cam, kLayerCamScript},
-    {Method::scorecam, "scorecam", false, true, prepare_perturbed<Method::scorecam>, score_cam, nullptr},
-    {Method::ablationcam, "ablationcam", false, true, prepare_perturbed<Method::ablationcam>, ablation_cam, nullptr},
+    {Method::scorecam, "scorecam", false, true, prepare_perturbed<Method::scorecam>, score_cam_map, nullptr},
+    {Method::ablationcam, "ablationcam", false, true, prepare_perturbed<Method::ablationcam>, ablation_cam_map, nullptr},
     {Method::eigencam, "eigencam", false, false, prepare_eigen_cam, eigen_cam_map, nullptr},
     {Method::eigengradcam, "eigengradcam", true, false, nullptr, eigen_grad_cam, nullptr},
     {Method::kpcacam, "kpcacam", false, false, prepare_kpca_cam, eigen_cam_map, nullptr},
     {Method::gradcam_elementwise, "gradcamelementwise", true, false, nullptr, grad_cam_elementwise, kElementWiseScript},
     {Method::randomcam, "randomcam", false, false, nullptr, random_cam, nullptr},
-    {Method::sscam, "sscam", false, true, prepare_perturbed<Method::sscam>, score_cam, nullptr},
-    {Method::iscam, "iscam", false, true, prepare_perturbed<Method::iscam>, score_cam, nullptr},
+    {Method::sscam, "sscam", false, true, prepare_perturbed<Method::sscam>, score_cam_map, nullptr},
+    {Method::iscam, "iscam", false, true, prepare_perturbed<Method::iscam>, score_cam_map, nullptr},
     {Method::cam, "cam", false, false, prepare_cam, cam_map, nullptr},
     {Method::rollout, "rollout", false, false, prepare_rollout, rollout_map, nullptr},
 };

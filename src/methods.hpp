@@ -90,6 +90,18 @@ struct MethodInputs {
 /// [N,K] weights broadcast against A [N,K,...] and summed over K: [N,1,...].
 at::Tensor weighted_sum(const at::Tensor& w, const at::Tensor& a);
 
+/// A map from channel weights [N,K]: their weighted sum of A, and the weights (eigen-smoothing
+/// reads them).
+Weighted from_weights(const at::Tensor& w, const at::Tensor& a);
+
+/// The methods that run the model again on perturbed inputs (perturbation.cpp), rows of kMethods:
+/// Score-CAM, SS-CAM, IS-CAM and Ablation-CAM prepare the logits [N,K,classes] of their perturbed
+/// inputs (M names the method); the maps read the explained class's column.
+template <Method M>
+Prepared prepare_perturbed(const PrepareInputs& in);
+Weighted score_cam_map(const MethodInputs& in);  ///< Score-CAM, SS-CAM, IS-CAM
+Weighted ablation_cam_map(const MethodInputs& in);
+
 /// CAM (cam.cpp), the row of Method::cam in kMethods.
 Prepared prepare_cam(const PrepareInputs& in);
 Weighted cam_map(const MethodInputs& in);
