@@ -149,8 +149,8 @@ Engine::Engine(const torch::jit::Module& m, GradCAMOptions opts) : options(std::
   GRADCAM_CHECK(options.perturbation_batch() >= 0, "perturbation_batch must be >= 1 (or 0: automatic), got ",
                 options.perturbation_batch());
   GRADCAM_CHECK(options.samples() >= 0, "samples must be >= 1 (or 0: the method's default), got ", options.samples());
-  GRADCAM_CHECK(std::isfinite(options.noise_std()) && options.noise_std() >= 0,
-                "noise_std must be a finite number >= 0, got ", options.noise_std());
+  GRADCAM_CHECK(!options.noise_std() || (std::isfinite(*options.noise_std()) && *options.noise_std() >= 0),
+                "noise_std must be a finite number >= 0, got ", options.noise_std().value_or(0));
   for (size_t i = 0; i < options.methods().size(); ++i) {
     const Method m = options.methods()[i];
     GRADCAM_CHECK(!options.counterfactual() || uses_gradients(m), "counterfactual maps come from "
@@ -286,7 +286,7 @@ void prepare(Call& c) {
       const detail::Prepared* first = i > 0 ? &c.prepared[0][j] : nullptr;
       c.prepared[i].push_back(detail::prepare_method(
           methods[j], {c.forward, c.module, c.options, input, a, c.layouts[i], c.where[i].first,
-                       c.where[i].second, c.scores.logits, first, c.attention_calls}));
+                       c.where[i].second, c.scores.logits, c.scores.classes, first, c.attention_calls}));
     }
   }
 }
@@ -333,7 +333,7 @@ void rank_maps(Call& c, int64_t r, const at::Tensor& score, bool retain, GradCAM
     const at::Tensor a = to_grid(c.leaves[i].detach(), c.layouts[i]);
     for (size_t j = 0; j < methods.size(); ++j) {
       detail::Weighted w = detail::method_map(
-          methods[j], {a, grads[i], classes, score_r, c.scores.logits, layer, c.prepared[i][j]});
+          methods[j], {a, grads[i], classes, score_r, c.scores.logits, layer, c.prepared[i][j], r});
       if (c.options.eigen_smooth()) w = detail::eigen_smoothed(w, a);
       LayerMap m;
       m.method = methods[j];
@@ -389,10 +389,11 @@ GradCAMResult Engine::compute(const at::Tensor& input, const Target& target) con
   const bool any_layer = !impl.layers.empty();
   c.layer_gradients = any_layer && std::any_of(methods.begin(), methods.end(), uses_gradients);
   const bool function_target = target.kind() == Target::Kind::score || target.kind() == Target::Kind::ranked;
-  GRADCAM_CHECK(!any_layer || !function_target ||
-                    std::none_of(methods.begin(), methods.end(), detail::is_perturbation),
-                "Score-CAM and Ablation-CAM explain class targets (top-k or classes); a "
-                "Target::score function cannot be evaluated on their perturbed batches");
+  for (Method m : methods) {
+    GRADCAM_CHECK(!any_layer || !function_target || !detail::is_perturbation(m), "method '", method_name(m),
+                  "' explains class targets (top-k or classes): it runs the model again on perturbed inputs and "
+                  "reads their class scores, where a Target::score or Target::ranked function cannot be evaluated");
+  }
   // Without gradient methods or guided gradients no backward pass runs: record no graph.
   const bool need_backward = c.layer_gradients || guided != GuidedMode::none;
   c10::AutoGradMode grad_on(need_backward);

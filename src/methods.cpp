@@ -53,13 +53,20 @@ at::Tensor safe_div(const at::Tensor& num, const at::Tensor& den) {
 
 Weighted grad_cam(const MethodInputs& in) { return from_weights(in.g.mean(spatial_dims(in.a)), in.a); }
 
-Weighted grad_cam_pp(const MethodInputs& in) {
-  const auto sp = spatial_dims(in.a);
-  const at::Tensor g2 = in.g * in.g;
-  const at::Tensor g3 = g2 * in.g;
-  const at::Tensor sum_a = in.a.sum(sp, /*keepdim=*/true);
+}  // namespace
+
+Weighted grad_cam_pp_from(const at::Tensor& g, const at::Tensor& g2, const at::Tensor& g3, const at::Tensor& a) {
+  const auto sp = spatial_dims(a);
+  const at::Tensor sum_a = a.sum(sp, /*keepdim=*/true);
   const at::Tensor alpha = safe_div(g2, 2 * g2 + sum_a * g3);
-  return from_weights((alpha * at::relu(in.g)).sum(sp), in.a);
+  return from_weights((alpha * at::relu(g)).sum(sp), a);
+}
+
+namespace {
+
+Weighted grad_cam_pp(const MethodInputs& in) {
+  const at::Tensor g2 = in.g * in.g;
+  return grad_cam_pp_from(in.g, g2, g2 * in.g, in.a);
 }
 
 Weighted xgrad_cam(const MethodInputs& in) {
@@ -207,6 +214,8 @@ const MethodRow kMethods[] = {
     {Method::randomcam, "randomcam", false, false, nullptr, random_cam, nullptr},
     {Method::sscam, "sscam", false, true, prepare_perturbed<Method::sscam>, score_cam_map, nullptr},
     {Method::iscam, "iscam", false, true, prepare_perturbed<Method::iscam>, score_cam_map, nullptr},
+    {Method::smoothgradcam_pp, "smoothgradcam++", false, true, prepare_smooth_grad_cam_pp, smooth_grad_cam_pp_map,
+     nullptr},
     {Method::cam, "cam", false, false, prepare_cam, cam_map, nullptr},
     {Method::rollout, "rollout", false, false, prepare_rollout, rollout_map, nullptr},
 };
@@ -262,6 +271,7 @@ Method method_from_name(const std::string& name) {
     if (c != '-' && c != '_') low += static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
   }
   if (low == "gradcampp" || low == "gradcamplusplus") return Method::gradcam_pp;
+  if (low == "smoothgradcampp") return Method::smoothgradcam_pp;
   for (const auto& m : kMethods) {
     if (low == m.name) return m.method;
   }

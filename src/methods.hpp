@@ -11,6 +11,7 @@
 #include <ATen/core/ivalue.h>
 #include <torch/csrc/jit/api/module.h>
 
+#include <map>
 #include <memory>
 #include <string>
 
@@ -54,11 +55,24 @@ struct AttentionCalls {
   std::vector<at::Tensor> inputs;
 };
 
+/// SmoothGrad-CAM++: the means over the noisy copies of g, g^2 and g^3, for one rank.
+struct GradientMoments {
+  at::Tensor g, g2, g3;  ///< [N,K,h,w], read as a grid
+};
+
+/// SmoothGrad-CAM++: every capture's gradient moments, as the layers output them, made by the
+/// preparation of the first capture and read by the others: key (slot, call), one per rank.
+struct NoisyGradients {
+  std::map<std::pair<size_t, int64_t>, std::vector<GradientMoments>> raw;
+};
+
 /// What a method computes once per captured activation and reuses for every rank.
 struct Prepared {
   at::Tensor perturbed;                    ///< Score-/Ablation-CAM: logits [N,K,classes]
   Weighted eigen;                          ///< EigenCAM and attention rollout (class-agnostic)
   std::shared_ptr<const LinearHead> head;  ///< CAM: the linear layer after pooling
+  std::shared_ptr<const NoisyGradients> noisy;  ///< SmoothGrad-CAM++: every capture's moments
+  std::vector<GradientMoments> moments;    ///< SmoothGrad-CAM++: this capture's, per rank, as a grid
 };
 
 /// What a method's preparation may read: the call, and one captured activation.
@@ -72,6 +86,7 @@ struct PrepareInputs {
   size_t slot;                      ///< where it was captured: the layer's slot...
   int64_t call;                     ///< ...and which call of it
   const at::Tensor& logits;         ///< [N, classes] for class targets, else undefined
+  const at::Tensor& classes;        ///< [N, R] the class of each sample and rank
   const Prepared* first;            ///< this method's preparation of the first activation, or null
   const AttentionCalls& attention;  ///< attention rollout: the self-attention calls
 };
@@ -85,6 +100,7 @@ struct MethodInputs {
   const at::Tensor& logits;    ///< [N, classes] for class targets, else undefined
   const std::string& layer;
   const Prepared& prepared;    ///< this method's preparation of this activation
+  int64_t rank;                ///< the target rank
 };
 
 /// [N,K] weights broadcast against A [N,K,...] and summed over K: [N,1,...].
@@ -94,6 +110,9 @@ at::Tensor weighted_sum(const at::Tensor& w, const at::Tensor& a);
 /// reads them).
 Weighted from_weights(const at::Tensor& w, const at::Tensor& a);
 
+/// Grad-CAM++'s map from g, g^2 and g^3 (their means over noisy copies for SmoothGrad-CAM++).
+Weighted grad_cam_pp_from(const at::Tensor& g, const at::Tensor& g2, const at::Tensor& g3, const at::Tensor& a);
+
 /// The methods that run the model again on perturbed inputs (perturbation.cpp), rows of kMethods:
 /// Score-CAM, SS-CAM, IS-CAM and Ablation-CAM prepare the logits [N,K,classes] of their perturbed
 /// inputs (M names the method); the maps read the explained class's column.
@@ -101,6 +120,9 @@ template <Method M>
 Prepared prepare_perturbed(const PrepareInputs& in);
 Weighted score_cam_map(const MethodInputs& in);  ///< Score-CAM, SS-CAM, IS-CAM
 Weighted ablation_cam_map(const MethodInputs& in);
+/// SmoothGrad-CAM++ (perturbation.cpp): the gradient moments over noisy copies of the input.
+Prepared prepare_smooth_grad_cam_pp(const PrepareInputs& in);
+Weighted smooth_grad_cam_pp_map(const MethodInputs& in);
 
 /// CAM (cam.cpp), the row of Method::cam in kMethods.
 Prepared prepare_cam(const PrepareInputs& in);
@@ -125,8 +147,8 @@ Weighted eigen_smoothed(const Weighted& w, const at::Tensor& a);
 /// `self._weighted(w, a)` and `self._safe_div(num, den)`; nullptr when it cannot be exported.
 const char* method_script(Method method);
 
-/// Score-CAM and Ablation-CAM: weights from extra forward passes of perturbed inputs, so they
-/// explain class targets only.
+/// Score-CAM, its variants, Ablation-CAM and SmoothGrad-CAM++: weights from extra forward passes of
+/// perturbed inputs, so they explain class targets only.
 bool is_perturbation(Method method);
 
 }  // namespace gradcam::detail

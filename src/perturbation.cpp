@@ -4,12 +4,17 @@
 // the layer's output. Their passes are batched (GradCAMOptions::perturbation_batch), run through
 // the same rewritten graph with the capture context in perturb mode, and made once per activation
 // for every rank (their preparation); the map then reads the explained class's column.
+// SmoothGrad-CAM++ runs the whole batch again on noisy copies of the input, with captures and a
+// backward pass per rank, once for every capture.
 #include <ATen/ATen.h>
 #include <ATen/CPUGeneratorImpl.h>
 #include <c10/core/GradMode.h>
+#include <torch/csrc/autograd/autograd.h>
 
 #include <algorithm>
 #include <functional>
+#include <map>
+#include <memory>
 #include <vector>
 
 #include <gradcam/error.hpp>
@@ -134,7 +139,7 @@ at::Tensor smoothed_score_logits(Method method, const PrepareInputs& in, int64_t
       if (method == Method::sscam) {
         auto gen = at::make_generator<at::CPUGeneratorImpl>(static_cast<uint64_t>(s));
         const at::Tensor noise = at::randn(m.sizes(), gen, at::TensorOptions().dtype(at::kDouble));
-        m = m + (noise * in.options.noise_std()).to(m.options());
+        m = m + (noise * in.options.noise_std().value_or(2.0)).to(m.options());
       } else {
         m = m * (static_cast<double>((s + 1) * (s + 2)) / 2.0 / static_cast<double>(draws));
       }
@@ -223,5 +228,91 @@ Weighted ablation_cam_map(const MethodInputs& in) {
       at::where(base != 0, drop / at::where(base != 0, base, at::ones_like(base)), drop), in.a);
 }
 
+
+namespace {
+
+/// Draw s of the input noise: [C,H,W] (one for every image of the batch), N(0, std^2), from a
+/// generator seeded with s, in float64 on the CPU, then cast: the numbers PyTorch's
+/// torch.randn(C, H, W, generator=torch.Generator().manual_seed(s), dtype=torch.float64) gives.
+at::Tensor input_noise(const at::Tensor& input, int64_t s, double std) {
+  auto gen = at::make_generator<at::CPUGeneratorImpl>(static_cast<uint64_t>(s));
+  const at::Tensor noise = at::randn(input.sizes().slice(1), gen, at::TensorOptions().dtype(at::kDouble));
+  return (noise * std).to(input.options());
+}
+
+/// The sums over the noisy copies of g, g^2 and g^3 for every capture and rank.
+using MomentSums = std::map<std::pair<size_t, int64_t>, std::vector<GradientMoments>>;
+
+/// One noisy copy of the batch: its forward pass with captures, then per rank the backward pass
+/// of the rank's class scores to every capture, added to `sums`.
+void add_noisy_copy(const PrepareInputs& in, const at::Tensor& x, MomentSums& sums) {
+  CaptureContext ctx(in.forward.slots(), CaptureContext::Mode::leaf, in.forward.observe_from());
+  const at::Tensor logits = logits_of(in.forward.run(x, ctx));
+  GRADCAM_CHECK(logits.dim() == 2 && logits.size(0) == x.size(0), "the model output has shape ",
+                shape_str(logits.sizes()), " on a noisy copy of the batch; SmoothGrad-CAM++ needs class scores [N, classes]");
+  std::vector<at::Tensor> leaves;
+  std::vector<std::pair<size_t, int64_t>> where;
+  for (size_t slot = 0; slot < std::min(ctx.captures.size(), in.forward.observe_from()); ++slot) {
+    for (size_t call = 0; call < ctx.captures[slot].size(); ++call) {
+      leaves.push_back(ctx.captures[slot][call]);
+      where.emplace_back(slot, static_cast<int64_t>(call));
+    }
+  }
+  const int64_t ranks = in.classes.size(1);
+  for (int64_t r = 0; r < ranks; ++r) {
+    const at::Tensor score = logits.gather(1, in.classes.narrow(1, r, 1).to(logits.device())).sum();
+    const std::vector<at::Tensor> g = torch::autograd::grad({score}, leaves, {}, r + 1 < ranks, false, true);
+    for (size_t i = 0; i < leaves.size(); ++i) {
+      const at::Tensor gi = g[i].defined() ? g[i] : at::zeros_like(leaves[i]);
+      auto& per_rank = sums[where[i]];
+      if (per_rank.size() < static_cast<size_t>(ranks)) per_rank.resize(static_cast<size_t>(ranks));
+      GradientMoments& m = per_rank[static_cast<size_t>(r)];
+      const at::Tensor g2 = gi * gi;
+      m.g = m.g.defined() ? m.g + gi : gi;
+      m.g2 = m.g2.defined() ? m.g2 + g2 : g2;
+      m.g3 = m.g3.defined() ? m.g3 + g2 * gi : g2 * gi;
+    }
+  }
+}
+
+/// The means over S noisy copies of the input of g, g^2 and g^3, for every capture and rank.
+std::shared_ptr<const NoisyGradients> noisy_gradients(const PrepareInputs& in) {
+  const int64_t draws = in.options.samples() > 0 ? in.options.samples() : 4;
+  const double std = in.options.noise_std().value_or(0.3);
+  GRADCAM_CHECK(in.classes.defined(), "SmoothGrad-CAM++ explains class targets (top-k or classes)");
+  c10::AutoGradMode grad_on(true);
+  MomentSums sums;
+  for (int64_t s = 0; s < draws; ++s) add_noisy_copy(in, in.input + input_noise(in.input, s, std), sums);
+  auto out = std::make_shared<NoisyGradients>();
+  for (auto& [where, per_rank] : sums) {
+    for (GradientMoments& m : per_rank) {
+      m = {m.g / static_cast<double>(draws), m.g2 / static_cast<double>(draws), m.g3 / static_cast<double>(draws)};
+    }
+    out->raw[where] = std::move(per_rank);
+  }
+  return out;
+}
+
+}  // namespace
+
+/// The noisy copies run once, at the first capture's preparation, for every capture; each capture
+/// then reads its own moments as a grid.
+Prepared prepare_smooth_grad_cam_pp(const PrepareInputs& in) {
+  Prepared p;
+  p.noisy = in.first != nullptr && in.first->noisy ? in.first->noisy : noisy_gradients(in);
+  const auto it = p.noisy->raw.find({in.slot, in.call});
+  GRADCAM_CHECK(it != p.noisy->raw.end(), "SmoothGrad-CAM++: the noisy copies of the input did not reach the layer's call ",
+                in.call, " (the forward pass took another branch)");
+  for (const GradientMoments& m : it->second) {
+    p.moments.push_back({to_grid(m.g, in.layout), to_grid(m.g2, in.layout), to_grid(m.g3, in.layout)});
+  }
+  return p;
+}
+
+/// SmoothGrad-CAM++: Grad-CAM++'s weights from the moments, on the clean input's activations.
+Weighted smooth_grad_cam_pp_map(const MethodInputs& in) {
+  const GradientMoments& m = in.prepared.moments.at(static_cast<size_t>(in.rank));
+  return grad_cam_pp_from(m.g, m.g2, m.g3, in.a);
+}
 
 }  // namespace gradcam::detail

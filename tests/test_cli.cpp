@@ -340,6 +340,10 @@ TEST_CASE("explain: CAM methods and fused layers", "[cli][methods]") {
   same_maps("--method sscam iscam --samples 2 --noise-std 0.5", "ss",
             gradcam::GradCAMOptions("block3").methods({Method::sscam, Method::iscam}).samples(2).noise_std(0.5),
             gradcam::Target::classes({3}));
+  // SmoothGrad-CAM++ and SS-CAM without --noise-std: each method's own default noise
+  same_maps("--method smoothgradcam++ sscam --samples 3", "sg",
+            gradcam::GradCAMOptions("block3").methods({Method::smoothgradcam_pp, Method::sscam}).samples(3),
+            gradcam::Target::classes({3}));
   // --finer: the Finer-CAM target of the class given
   same_maps("--finer 2 --finer-alpha 0.5", "finer", gradcam::GradCAMOptions("block3"), gradcam::targets::finer({3}, 2, 0.5));
   r = run(cli() + " explain --model " + demo("digits.pt") + " --image " + img + " --finer 2 --class 3 4 --out " + dir);
@@ -424,6 +428,7 @@ TEST_CASE("eval-faith: report figures equal the library's metrics", "[cli][faith
   const json rep = json::parse(in);
   CHECK(rep["images"] == 5);
   CHECK(rep["explained"] == "true class");
+  CHECK(rep["tolerance"] == 2);  // the pointing game's, recorded with its figures
   for (const char* m : {"gradcam", "scorecam", "guided"}) {
     const json& mm = rep["methods"][m];
     for (const char* k : {"deletion_auc", "average_drop", "increase_in_confidence", "confidence_change", "road_morf",

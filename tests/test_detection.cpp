@@ -241,11 +241,12 @@ TEST_CASE("detection errors name the bad value", "[detection][errors]") {
   CHECK_THROWS_WITH(det::layout_from_name("yolo"),
                     Equals("unknown detection layout 'yolo'; choose one of torchvision, yolo-nxbx(5+c), yolo-nx(4+c)xb"));
   CHECK_THROWS_WITH(det::matching(det::Detection{}, 0.5), Equals("the reference box [0, 0, 0, 0] is empty (x1 <= x0 or y1 <= y0)"));
-  // Score-CAM and Ablation-CAM perturb the input and read class scores
-  gradcam::GradCAM score(module, gradcam::GradCAMOptions("backbone.5").methods({Method::scorecam}));
+  // Score-CAM and the other perturbation methods perturb the input and read class scores
+  gradcam::GradCAM score(module, gradcam::GradCAMOptions("backbone.5").methods({Method::gradcam, Method::scorecam}));
   CHECK_THROWS_WITH(score.compute(input, det::boxes(options())),
-                    Equals("Score-CAM and Ablation-CAM explain class targets (top-k or classes); a Target::score "
-                           "function cannot be evaluated on their perturbed batches"));
+                    Equals("method 'scorecam' explains class targets (top-k or classes): it runs the model again on "
+                           "perturbed inputs and reads their class scores, where a Target::score or Target::ranked "
+                           "function cannot be evaluated"));
   // a region head's batch is of boxes
   auto frcnn = load(models().front());
   gradcam::GradCAM heads(frcnn, gradcam::GradCAMOptions("roi_heads.box_roi_pool"));

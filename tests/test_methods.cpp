@@ -56,7 +56,7 @@ TEST_CASE("the methods equal the PyTorch reference on resnet18 (float64)", "[met
   const at::Tensor x = ref.get("input").to(at::kDouble);
   const std::vector<Method> methods = {Method::gradcam, Method::gradcam_pp, Method::xgradcam, Method::hirescam,
                                        Method::layercam, Method::eigencam, Method::eigengradcam, Method::kpcacam,
-                                       Method::gradcam_elementwise, Method::cam};
+                                       Method::gradcam_elementwise, Method::smoothgradcam_pp, Method::cam};
   gradcam::GradCAM cam(module, gradcam::GradCAMOptions("layer4").methods(methods));
   const auto r = cam.compute(x, gradcam::Target::classes({3, 517}));
   CHECK(test::rel_err(r.logits, ref.get("logits__b2")) < kTol64);
@@ -180,6 +180,43 @@ TEST_CASE("SS-CAM and IS-CAM: their limits are Score-CAM, and an image's map doe
                     "samples must be >= 1 (or 0: the method's default), got -2");
   CHECK_THROWS_WITH(gradcam::GradCAM(module, gradcam::GradCAMOptions(stem).methods({Method::sscam}).noise_std(NAN)),
                     "noise_std must be a finite number >= 0, got nan");
+}
+
+TEST_CASE("SmoothGrad-CAM++: without noise it is Grad-CAM++, every rank has its own, an image's map does not "
+          "depend on its batch", "[methods]") {
+  auto module = test::model("methods_toy");
+  module.to(at::kDouble);
+  const test::Ref ref("methods_toy");
+  const at::Tensor x = ref.get("input").to(at::kDouble);
+  const auto smooth = Method::smoothgradcam_pp;
+  const std::vector<std::string> layers = {"block", "stem"};
+  auto run = [&](const gradcam::GradCAMOptions& o, const at::Tensor& in, const gradcam::Target& t) {
+    return gradcam::GradCAM(module, gradcam::GradCAMOptions(o).methods({smooth, Method::gradcam_pp})).compute(in, t);
+  };
+  // one copy without noise: the copy is the input, the means are g, g^2, g^3: Grad-CAM++ exactly
+  const auto plain = run(gradcam::GradCAMOptions(layers).samples(1).noise_std(0), x, gradcam::Target::topk(2));
+  REQUIRE(plain.maps.size() == 12);  // 2 ranks x (block twice, stem once) x 2 methods
+  for (size_t i = 0; i < plain.maps.size(); i += 2) {
+    INFO("map " << i);
+    REQUIRE(plain.maps[i].method == smooth);
+    CHECK(test::rel_err(plain.maps[i].map, plain.maps[i + 1].map) < 1e-12);
+  }
+  // the defaults (4 copies, 0.3): the second rank equals that class explained alone
+  const auto top2 = run(gradcam::GradCAMOptions("stem"), x, gradcam::Target::topk(2));
+  const at::Tensor second = top2.classes.select(1, 1).contiguous();
+  std::vector<int64_t> cls(second.data_ptr<int64_t>(), second.data_ptr<int64_t>() + second.numel());
+  const auto alone = run(gradcam::GradCAMOptions("stem"), x, gradcam::Target::classes(cls));
+  CHECK(test::rel_err(top2.get("stem", 1, 0, smooth).map, alone.get("stem", 0, 0, smooth).map) < 1e-12);
+  CHECK(test::rel_err(top2.get("stem", 0, 0, smooth).map, top2.get("stem", 0, 0, Method::gradcam_pp).map) > 1e-3);
+  // the noise of copy s is seeded with s, the same for every image
+  const at::Tensor last = run(gradcam::GradCAMOptions("stem"), x.narrow(0, 2, 1), gradcam::Target::classes({cls[2]}))
+                              .get("stem", 0, 0, smooth).map;
+  CHECK(test::rel_err(last, alone.get("stem", 0, 0, smooth).map.narrow(0, 2, 1)) < 1e-12);
+  // no counterfactual form: its gradients are the noisy copies', not the input's
+  CHECK_THROWS_WITH(gradcam::GradCAM(module, gradcam::GradCAMOptions("stem").methods({smooth}).counterfactual(true)),
+                    "counterfactual maps come from negated gradients; method 'smoothgradcam++' does not use gradients "
+                    "(use gradcam, gradcam++, xgradcam, hirescam or layercam)");
+  CHECK(gradcam::method_from_name("SmoothGradCAMpp") == smooth);
 }
 
 TEST_CASE("CAM reads the linear layer and refuses layers that are not pooled into it", "[methods][errors]") {

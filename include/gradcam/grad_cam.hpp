@@ -67,6 +67,9 @@ enum class Method {
                 ///< of y(X * (norm(up(A_k)) + noise)), noise N(0, noise_std^2) per pixel; S x K forwards
   iscam,        ///< IS-CAM (Naidu 2020, integrated Score-CAM): w = softmax_k of the mean over
                 ///< s = 1..S of y(X * c_s norm(up(A_k))), c_s = (1 + ... + s) / S; S x K forwards
+  smoothgradcam_pp,  ///< SmoothGrad-CAM++ (Omeiza 2019): Grad-CAM++'s weights from the means of g,
+                     ///< g^2 and g^3 over S noisy copies X + N(0, noise_std^2) of the input, with A
+                     ///< the clean input's; S forward and S x ranks backward passes more
   cam,          ///< CAM (Zhou 2016): ReLU(sum_k W_ck A_k), W the linear layer after global pooling
   rollout,      ///< Attention rollout (Abnar & Zuidema 2020), transformers with nn.MultiheadAttention:
                 ///< R = prod_l (A_l + I) / 2 over the model's self-attention calls (A_l averaged over
@@ -75,15 +78,17 @@ enum class Method {
 };
 
 /// "gradcam", "gradcam++", "xgradcam", "hirescam", "layercam", "scorecam", "ablationcam",
-/// "eigencam", "eigengradcam", "kpcacam", "gradcamelementwise", "randomcam", "sscam", "iscam", "cam",
-/// "rollout".
+/// "eigencam", "eigengradcam", "kpcacam", "gradcamelementwise", "randomcam", "sscam", "iscam",
+/// "smoothgradcam++", "cam", "rollout".
 const char* method_name(Method method);
-/// The method with that name (case-insensitive, also "gradcampp"); throws gradcam::Error listing
-/// the names.
+/// The method with that name (case-insensitive, also "gradcampp" and "smoothgradcampp"); throws
+/// gradcam::Error listing the names.
 Method method_from_name(const std::string& name);
 /// Every method, in the enum's order.
 std::vector<Method> all_methods();
-/// True for the methods computed from dy/dA (gradcam, gradcam_pp, xgradcam, hirescam, layercam).
+/// True for the methods computed from dy/dA of the input's own forward pass (gradcam, gradcam_pp,
+/// xgradcam, hirescam, layercam, eigengradcam, gradcam_elementwise): those counterfactual maps
+/// apply to. SmoothGrad-CAM++ reads the gradients of noisy copies instead.
 bool uses_gradients(Method method);
 
 /// What to explain: the differentiable score(s) y whose gradient is taken.
@@ -175,13 +180,15 @@ class GradCAMOptions {
   /// docs/performance.md), and 32 on a GPU, where one image per pass leaves it idle.
   GRADCAM_ARG(int64_t, perturbation_batch) = 0;
   /// SS-CAM / IS-CAM: the noise draws or integration steps S per channel (S x K forward passes per
-  /// sample). 0 (default): torchcam's defaults, 35 for SS-CAM and 10 for IS-CAM.
+  /// sample); SmoothGrad-CAM++: the noisy copies of the input (S forward passes of the batch). 0
+  /// (default): torchcam's defaults, 35 for SS-CAM, 10 for IS-CAM and 4 for SmoothGrad-CAM++.
   GRADCAM_ARG(int64_t, samples) = 0;
-  /// SS-CAM: the standard deviation of the Gaussian noise added to the masks (which lie in [0, 1]).
-  /// Draw s (0-based) comes from a generator seeded with s, the same for every image and call, so
-  /// that maps are reproducible and an image's map does not depend on its batch. Default 2.0, as
-  /// torchcam's.
-  GRADCAM_ARG(double, noise_std) = 2.0;
+  /// The standard deviation of the Gaussian noise: SS-CAM adds it to the masks (which lie in
+  /// [0, 1]), SmoothGrad-CAM++ to the input (as the model receives it, normalised). Draw s
+  /// (0-based) comes from a generator seeded with s, the same for every image and call, so that
+  /// maps are reproducible and an image's map does not depend on its batch. Unset (default): the
+  /// method's default, as torchcam's: 2.0 for SS-CAM, 0.3 for SmoothGrad-CAM++.
+  GRADCAM_ARG(std::optional<double>, noise_std) = std::nullopt;
   /// CAM: module path of the linear layer after global average pooling whose weight [classes, K]
   /// weighs the channels. Empty (default): the last 2-D parameter named "weight" of shape
   /// [classes, K]. compute() checks that mean_ij(CAM_c) + bias_c reproduces the logit.

@@ -96,78 +96,23 @@ struct Common {
   std::vector<std::string> ops_libraries;  ///< --ops-library: loaded before the model (torchvision's operators)
   std::string shard;  ///< --shard I/N (shard.hpp), on the subcommands that take it; empty: all images
   bool eigen_smooth = false;  ///< --eigen-smooth, on the subcommands that take it (add_cam_smoothing)
-  int64_t samples = 0;        ///< --samples (add_cam_smoothing): SS-CAM / IS-CAM draws (0: their defaults)
-  double noise_std = 2.0;     ///< --noise-std (add_cam_smoothing): SS-CAM's noise
+  int64_t samples = 0;        ///< --samples (add_cam_smoothing): noise draws or steps (0: the methods' defaults)
+  double noise_std = -1;      ///< --noise-std (add_cam_smoothing); -1 (the flag refuses negatives): the methods' defaults
 };
 
-inline void add_common(CLI::App* app, Common& c, bool with_model = true) {
-  if (with_model) {
-    app->add_option("--model", c.model, "TorchScript model file (torch.jit.script / torch.jit.trace, saved with torch.jit.save)")
-        ->required()->check(CLI::ExistingFile);
-  }
-  app->add_option("--layer", c.layer, "target layer: a module path as named_modules() prints it (layer4, features.29), or auto")
-      ->capture_default_str();
-  app->add_option("--device", c.device, "cpu or cuda")->check(CLI::IsMember({"cpu", "cuda"}))->capture_default_str();
-  app->add_option("--batch", c.batch, "images per forward pass")->check(whole_number(1))->capture_default_str();
-  app->add_option("--resize", c.resize, "resize the shorter side to S pixels (0: keep)")->check(whole_number(0))->capture_default_str();
-  app->add_option("--crop", c.crop, "centre crop C x C (0: none)")->check(whole_number(0))->capture_default_str();
-  app->add_option("--mean", c.mean, "per-channel mean R G B")->expected(3)->capture_default_str();
-  app->add_option("--std", c.std, "per-channel standard deviation R G B")->expected(3)->check(real_number(0, std::numeric_limits<double>::max(), true))->capture_default_str();
-  app->add_option("--labels", c.labels, "class names, one per line")->check(CLI::ExistingFile);
-  app->add_option("--threads", c.threads, "intra-op threads (default: all cores; more than the cores are capped, with a warning)")->check(whole_number(1));
-  app->add_option("--max-pixels", c.max_pixels, "refuse images with more pixels (width x height), read from the header before decoding (0: no limit)")
-      ->check(whole_number(0, std::numeric_limits<long long>::max()))->capture_default_str();
-  app->add_flag("--quiet,-q", c.quiet, "no progress bar");
-  app->add_option("--tokens", c.tokens, "how the layer's output is read as a grid: auto (inferred from its shape), cls+grid "
-                  "(transformer tokens [N, T, C]: extra tokens, then a grid), grid (tokens, no extra ones), nhwc (channels "
-                  "last, Swin and ConvNeXt), nchw (channels first)")
-      ->check(CLI::IsMember({"auto", "cls+grid", "grid", "nhwc", "nchw"}))->capture_default_str();
-  app->add_option("--extra-tokens", c.extra_tokens, "tokens: how many lead the grid (class, distillation, registers); "
-                  "default: 1 with cls+grid, 0 with grid, inferred with auto")->check(whole_number(0));
-  app->add_option("--token-grid", c.token_grid, "tokens: the grid's rows and columns (default: inferred)")
-      ->expected(2)->check(whole_number(1));
-  app->add_option("--ops-library", c.ops_libraries, "a library of TorchScript operators the model calls, loaded first "
-                  "(torchvision's detectors: libtorchvision.so, or the _C.so of torchvision's Python package)")
-      ->expected(1, -1)->check(CLI::ExistingFile);
-  app->add_option("--attention-heads", c.attention_heads, "attention rollout: the heads of each attention layer "
-                  "(default: the model's num_heads, which a traced model does not keep)")->check(whole_number(1));
-}
+/// The flags every subcommand shares (--model unless `with_model` is false, --layer, --device,
+/// preprocessing, --tokens...), into `c` (common.cpp).
+void add_common(CLI::App* app, Common& c, bool with_model = true);
 
 /// The library's options for the command's layers: the grid layout from --tokens, and "auto"
 /// resolved at the input the command gives the model: the crop, else the resized square, else
 /// (--resize 0 --crop 0) `own_hw`, an image's own height and width when the caller knows one.
-inline gradcam::GradCAMOptions cam_options(const Common& c, std::vector<std::string> layers,
-                                           const std::vector<int64_t>& own_hw = {}) {
-  gradcam::TokenLayout t;
-  using Kind = gradcam::TokenLayout::Kind;
-  const bool token_details = c.extra_tokens >= 0 || c.token_grid.size() == 2;
-  if (c.tokens == "nhwc") t.kind = Kind::channels_last;
-  if (c.tokens == "nchw") t.kind = Kind::channels_first;
-  if (c.tokens == "cls+grid" || c.tokens == "grid" || (c.tokens == "auto" && token_details)) {
-    t.kind = Kind::tokens;
-    t.extra = c.extra_tokens >= 0 ? c.extra_tokens : c.tokens == "cls+grid" ? 1 : c.tokens == "grid" ? 0 : -1;
-  }
-  if (c.token_grid.size() == 2) {
-    t.grid_h = c.token_grid[0];
-    t.grid_w = c.token_grid[1];
-  }
-  const int64_t side = c.crop > 0 ? c.crop : c.resize > 0 ? c.resize : 224;
-  const bool own = c.crop == 0 && c.resize == 0 && own_hw.size() == 2;
-  return gradcam::GradCAMOptions(std::move(layers)).token_layout(t)
-      .probe_shape({1, -1, own ? own_hw[0] : side, own ? own_hw[1] : side})
-      .attention_heads(c.attention_heads).eigen_smooth(c.eigen_smooth).samples(c.samples).noise_std(c.noise_std);
-}
+gradcam::GradCAMOptions cam_options(const Common& c, std::vector<std::string> layers,
+                                    const std::vector<int64_t>& own_hw = {});
 
 /// --eigen-smooth, --samples and --noise-std: the CAM methods' smoothing options, on the subcommands
 /// that explain with them.
-inline void add_cam_smoothing(CLI::App* app, Common& c) {
-  app->add_flag("--eigen-smooth", c.eigen_smooth, "each CAM map as the first principal component of its per-channel "
-                "terms instead of their sum (pytorch-grad-cam's eigen_smooth; not EigenCAM, EigenGradCAM, KPCA-CAM, rollout)");
-  app->add_option("--samples", c.samples, "sscam / iscam: noise draws or integration steps per channel (0: 35 for "
-                  "sscam, 10 for iscam)")->check(CLI::Range(int64_t{0}, int64_t{100000}))->capture_default_str();
-  app->add_option("--noise-std", c.noise_std, "sscam: standard deviation of the noise added to the masks, which lie "
-                  "in [0, 1]")->check(CLI::Range(0.0, 1e6))->capture_default_str();
-}
+void add_cam_smoothing(CLI::App* app, Common& c);
 
 /// A layer's grid layout for a JSON record: {"kind": "tokens", "extra_tokens": 1, "grid": [4, 4]}.
 inline nlohmann::json layout_json(const gradcam::TokenLayout& t) {

@@ -308,8 +308,12 @@ json run_report(const FaithRun& run, double wall) {
                 {"metrics", a.metrics}, {"annotations", a.annotations}};
   if (run.shard.on()) p.settings["shard"] = run.shard.str();
   if (a.common.eigen_smooth) p.settings["eigen_smooth"] = true;
+  if (std::find(a.metrics.begin(), a.metrics.end(), "pointing") != a.metrics.end()) p.settings["tolerance"] = a.tolerance;
   for (const auto& m : a.methods) {
-    if (m == "sscam" || m == "iscam") p.settings["samples"] = a.common.samples, p.settings["noise_std"] = a.common.noise_std;
+    if (m == "sscam" || m == "iscam" || m == "smoothgradcam++") {
+      p.settings["samples"] = a.common.samples;  // 0: the method's default
+      p.settings["noise_std"] = a.common.noise_std >= 0 ? nlohmann::json(a.common.noise_std) : nlohmann::json("default");
+    }
   }
   p.methods = a.methods;
   p.metrics = run.metrics;
