@@ -45,31 +45,7 @@ using detail::logits_of;
 /// The output without its autograd history: a result must not keep the call's graph (memory,
 /// and the guided ops' pointers to the call's context) alive.
 c10::IValue detached(const c10::IValue& v) {
-  if (v.isTensor()) return v.toTensor().detach();
-  if (v.isTuple()) {
-    std::vector<c10::IValue> items;
-    for (const auto& e : v.toTuple()->elements()) items.push_back(detached(e));
-    return c10::ivalue::Tuple::create(std::move(items));
-  }
-  if (v.isTensorList()) {
-    c10::List<at::Tensor> out;
-    // a vector, not the c10::List: its proxy references are "dangling" to GCC 14
-    for (const at::Tensor& t : v.toTensorVector()) out.push_back(t.detach());
-    return out;
-  }
-  if (v.isGenericDict()) {
-    auto in = v.toGenericDict();
-    c10::impl::GenericDict out(in.keyType(), in.valueType());
-    for (const auto& kv : in) out.insert(kv.key(), detached(kv.value()));
-    return out;
-  }
-  if (v.isList()) {
-    auto in = v.toList();
-    c10::impl::GenericList out(in.elementType());
-    for (const auto& e : in) out.push_back(detached(e));
-    return out;
-  }
-  return v;
+  return map_tensors(v, [](const at::Tensor& t) { return t.detach(); });
 }
 
 /// Scores to explain: per rank, a [N] tensor; and the class explained per sample and rank.
@@ -97,7 +73,9 @@ Scores ranked_scores(const Target& target, const c10::IValue& out, int64_t n) {
   return s;
 }
 
-Scores resolve_target(const Target& target, const c10::IValue& out, int64_t n) {
+/// `copies` blocks of n / copies images: class targets are read on the first block (the images
+/// themselves) and explain the same classes in every block (Engine::compute_copies).
+Scores resolve_target(const Target& target, const c10::IValue& out, int64_t n, int64_t copies) {
   Scores s;
   if (target.kind() == Target::Kind::ranked) return ranked_scores(target, out, n);
   if (target.kind() == Target::Kind::score) {
@@ -114,23 +92,25 @@ Scores resolve_target(const Target& target, const c10::IValue& out, int64_t n) {
                 shape_str(logits.sizes()), "; class targets need [N, classes] with N = ", n,
                 " (use Target::score for other outputs)");
   const int64_t num_classes = logits.size(1);
+  const int64_t own = n / copies;  // the images explained: the first block
   at::Tensor idx;
   if (target.kind() == Target::Kind::top_k) {
     GRADCAM_CHECK(target.k() <= num_classes, "top-", target.k(), " requested but the model has ",
                   num_classes, " classes");
-    idx = std::get<1>(logits.detach().topk(target.k(), 1));
+    idx = std::get<1>(logits.detach().narrow(0, 0, own).topk(target.k(), 1));
   } else {
     const auto& ind = target.indices();
-    GRADCAM_CHECK(ind.size() == 1 || static_cast<int64_t>(ind.size()) == n, "got ", ind.size(),
-                  " class indices for a batch of ", n, "; give one per sample or one for all");
+    GRADCAM_CHECK(ind.size() == 1 || static_cast<int64_t>(ind.size()) == own, "got ", ind.size(),
+                  " class indices for a batch of ", own, "; give one per sample or one for all");
     for (int64_t c : ind) {
       GRADCAM_CHECK(c >= 0 && c < num_classes, "class index ", c,
                     " is out of range: the model has ", num_classes, " classes (0..",
                     num_classes - 1, ")");
     }
     idx = at::tensor(ind, at::TensorOptions().dtype(at::kLong)).to(logits.device());
-    idx = idx.view({-1, 1}).expand({n, 1}).contiguous();
+    idx = idx.view({-1, 1}).expand({own, 1}).contiguous();
   }
+  if (copies > 1) idx = idx.repeat({copies, 1});
   for (int64_t r = 0; r < idx.size(1); ++r) {
     s.per_rank.push_back(logits.gather(1, idx.narrow(1, r, 1)).squeeze(1));
   }
@@ -149,6 +129,9 @@ Engine::Engine(const torch::jit::Module& m, GradCAMOptions opts) : options(std::
   GRADCAM_CHECK(options.perturbation_batch() >= 0, "perturbation_batch must be >= 1 (or 0: automatic), got ",
                 options.perturbation_batch());
   GRADCAM_CHECK(options.samples() >= 0, "samples must be >= 1 (or 0: the method's default), got ", options.samples());
+  GRADCAM_CHECK(!options.aug_smooth() || options.guided() == GuidedMode::none,
+                "aug_smooth averages CAM maps over flipped copies of the input; guided gradients are not averaged "
+                "that way: compute them without aug_smooth");
   GRADCAM_CHECK(!options.noise_std() || (std::isfinite(*options.noise_std()) && *options.noise_std() >= 0),
                 "noise_std must be a finite number >= 0, got ", options.noise_std().value_or(0));
   for (size_t i = 0; i < options.methods().size(); ++i) {
@@ -377,6 +360,10 @@ void guided_maps(Call& c, const at::Tensor& score, bool retain, size_t first_map
 }  // namespace
 
 GradCAMResult Engine::compute(const at::Tensor& input, const Target& target) const {
+  return options.aug_smooth() ? aug_smoothed(*this, input, target) : compute_copies(input, target, 1);
+}
+
+GradCAMResult Engine::compute_copies(const at::Tensor& input, const Target& target, int64_t copies) const {
   const Engine& impl = *this;
   check_input(*impl.forward, input);
   Call c(impl);
@@ -400,7 +387,7 @@ GradCAMResult Engine::compute(const at::Tensor& input, const Target& target) con
   if (guided != GuidedMode::none) c.input.requires_grad_(true);
 
   const c10::IValue out = run_forward(c);
-  c.scores = resolve_target(target, out, c.input.size(0));
+  c.scores = resolve_target(target, out, c.input.size(0), copies);
   collect(c);
   GradCAMResult result = new_result(c, out);
   prepare(c);

@@ -25,7 +25,12 @@ struct Engine {
   /// elsewhere, resolves "auto" layers, and rewrites the forward graph.
   Engine(const torch::jit::Module& module, GradCAMOptions options);
   /// See GradCAM::compute. const and thread-safe: each call keeps its state on its own stack.
+  /// With GradCAMOptions::aug_smooth, aug_smoothed (augment.cpp) calls compute_copies.
   GradCAMResult compute(const at::Tensor& input, const Target& target) const;
+  /// One pass over `input`, `copies` blocks of input.size(0) / copies images: block 0 the images
+  /// themselves, the others augmented copies of them. Class targets are read on block 0 and
+  /// explain the same class in every block.
+  GradCAMResult compute_copies(const at::Tensor& input, const Target& target, int64_t copies) const;
 
   GradCAMOptions options;
   torch::jit::Module module;        ///< the caller's, or a private copy on options.device()
@@ -33,6 +38,11 @@ struct Engine {
   std::unique_ptr<Forward> forward;
   std::vector<AttentionModule> attention;  ///< attention rollout: the modules whose input is observed
 };
+
+/// GradCAMOptions::aug_smooth (augment.cpp): the 6 augmented copies of the batch in one pass
+/// (compute_copies), each copy's maps mapped back and averaged; the rest of the result the
+/// unaugmented copy's.
+GradCAMResult aug_smoothed(const Engine& engine, const at::Tensor& input, const Target& target);
 
 }  // namespace detail
 }  // namespace gradcam

@@ -83,4 +83,32 @@ std::optional<std::vector<DetectorImage>> torchvision_detections(const c10::IVal
   return std::nullopt;
 }
 
+c10::IValue map_tensors(const c10::IValue& v, const std::function<at::Tensor(const at::Tensor&)>& fn) {
+  if (v.isTensor()) return fn(v.toTensor());
+  if (v.isTuple()) {
+    std::vector<c10::IValue> items;
+    for (const auto& e : v.toTuple()->elements()) items.push_back(map_tensors(e, fn));
+    return c10::ivalue::Tuple::create(std::move(items));
+  }
+  if (v.isTensorList()) {
+    c10::List<at::Tensor> out;
+    // a vector, not the c10::List: its proxy references are "dangling" to GCC 14
+    for (const at::Tensor& t : v.toTensorVector()) out.push_back(fn(t));
+    return out;
+  }
+  if (v.isGenericDict()) {
+    auto in = v.toGenericDict();
+    c10::impl::GenericDict out(in.keyType(), in.valueType());
+    for (const auto& kv : in) out.insert(kv.key(), map_tensors(kv.value(), fn));
+    return out;
+  }
+  if (v.isList()) {
+    auto in = v.toList();
+    c10::impl::GenericList out(in.elementType());
+    for (const auto& e : in) out.push_back(map_tensors(e, fn));
+    return out;
+  }
+  return v;
+}
+
 }  // namespace gradcam::detail

@@ -4,6 +4,7 @@
 #include <ATen/core/Tensor.h>
 #include <ATen/core/ivalue.h>
 
+#include <functional>
 #include <optional>
 #include <string>
 #include <vector>
@@ -25,5 +26,9 @@ struct DetectorImage {
 /// output: nullopt, and why in *why when given. The one reader of that format (detect(), the
 /// detection targets, auto's detector probe, and logits_of's advice all use it).
 std::optional<std::vector<DetectorImage>> torchvision_detections(const c10::IValue& out, std::string* why = nullptr);
+
+/// The output with every tensor t in it (alone, in tuples, lists and dicts, nested) replaced by
+/// fn(t); anything else kept.
+c10::IValue map_tensors(const c10::IValue& v, const std::function<at::Tensor(const at::Tensor&)>& fn);
 
 }  // namespace gradcam::detail

@@ -336,6 +336,10 @@ TEST_CASE("explain: CAM methods and fused layers", "[cli][methods]") {
   same_maps("--method kpcacam gradcam --eigen-smooth", "es",
             gradcam::GradCAMOptions("block3").methods({Method::kpcacam, Method::gradcam}).eigen_smooth(true),
             gradcam::Target::classes({3}));
+  // --aug-smooth, a gradient method and a perturbation one
+  same_maps("--method gradcam++ scorecam --aug-smooth", "aug",
+            gradcam::GradCAMOptions("block3").methods({Method::gradcam_pp, Method::scorecam}).aug_smooth(true),
+            gradcam::Target::classes({3}));
   // SS-CAM and IS-CAM with --samples and --noise-std
   same_maps("--method sscam iscam --samples 2 --noise-std 0.5", "ss",
             gradcam::GradCAMOptions("block3").methods({Method::sscam, Method::iscam}).samples(2).noise_std(0.5),
@@ -349,6 +353,10 @@ TEST_CASE("explain: CAM methods and fused layers", "[cli][methods]") {
   r = run(cli() + " explain --model " + demo("digits.pt") + " --image " + img + " --finer 2 --class 3 4 --out " + dir);
   CHECK(r.code != 0);
   CHECK_THAT(r.out, Contains("--finer explains one class: give one --class, or none for each image's top-1"));
+  r = run(cli() + " explain --model " + demo("digits.pt") + " --image " + img + " --method guided --aug-smooth --out " + dir);
+  CHECK(r.code != 0);
+  CHECK_THAT(r.out, Contains("--aug-smooth averages CAM maps over flipped copies of the input; guided gradients are not "
+                             "averaged that way: give the guided methods without --aug-smooth"));
   r = run(cli() + " explain --model " + demo("digits.pt") + " --image " + img + " --method sscam --samples -1 --out " + dir);
   CHECK(r.code != 0);
   CHECK_THAT(r.out, Contains("--samples"));

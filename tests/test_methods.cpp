@@ -219,6 +219,53 @@ TEST_CASE("SmoothGrad-CAM++: without noise it is Grad-CAM++, every rank has its 
   CHECK(gradcam::method_from_name("SmoothGradCAMpp") == smooth);
 }
 
+TEST_CASE("aug_smooth: the mean of the flipped and scaled copies' maps, each explaining the image's class (float64)",
+          "[methods]") {
+  const std::vector<Method> methods = {Method::gradcam, Method::gradcam_pp, Method::xgradcam, Method::hirescam,
+                                       Method::layercam, Method::gradcam_elementwise};
+  {
+    const test::Ref ref("methods_resnet18");
+    auto module = test::model("methods_resnet18");
+    module.to(at::kDouble);
+    const at::Tensor x = ref.get("input").to(at::kDouble);
+    gradcam::GradCAM cam(module, gradcam::GradCAMOptions("layer4").methods(methods).aug_smooth(true));
+    const auto r = cam.compute(x, gradcam::Target::classes({3, 517}));
+    check_methods(r, ref, methods, "layer4", 2, kTol64, "+aug");
+    // everything but the maps is the unaugmented input's
+    const auto plain = gradcam::GradCAM(module, gradcam::GradCAMOptions("layer4")).compute(x, gradcam::Target::classes({3, 517}));
+    CHECK(at::equal(r.logits, plain.logits));
+    CHECK(at::equal(r.scores, plain.scores));
+    CHECK(at::equal(r.classes, plain.classes));
+    CHECK(at::equal(r.output->toTensor(), plain.output->toTensor()));
+    CHECK(test::rel_err(r.get("layer4").map, plain.get("layer4").map) > 1e-3);  // the copies do count
+  }
+  const test::Ref ref("methods_toy");
+  auto module = test::model("methods_toy");
+  module.to(at::kDouble);
+  const at::Tensor x = ref.get("input").to(at::kDouble);
+  const auto opts = gradcam::GradCAMOptions("block").methods(methods).aug_smooth(true).keep_weights(true);
+  const auto r = gradcam::GradCAM(module, opts).compute(x, gradcam::Target::classes({0, 3, 4}));
+  check_methods(r, ref, methods, "block", 3, kTol64, "+aug");  // the block is called twice
+  CHECK(r.get("block").weights.size(0) == 3);
+  // top-k is read on the image itself, not per copy
+  const auto top = gradcam::GradCAM(module, opts).compute(x, gradcam::Target::topk(2));
+  const at::Tensor c1 = top.classes.select(1, 1).contiguous();
+  const auto second = gradcam::GradCAM(module, opts).compute(
+      x, gradcam::Target::classes(std::vector<int64_t>(c1.data_ptr<int64_t>(), c1.data_ptr<int64_t>() + 3)));
+  CHECK(test::rel_err(top.get("block", 1).map, second.get("block").map) < 1e-12);
+  // what cannot be mapped back is refused
+  CHECK_THROWS_WITH(gradcam::GradCAM(module, opts).compute(x, gradcam::Target::score([](const c10::IValue& o) {
+                      return o.toTensor().select(1, 0);
+                    })),
+                    "aug_smooth explains class targets (top-k or classes): a Target::score or Target::ranked function "
+                    "may read places in the image (boxes, masks), which the flipped copies move");
+  CHECK_THROWS_WITH(gradcam::GradCAM(module, gradcam::GradCAMOptions(opts).guided(gradcam::GuidedMode::guided)),
+                    "aug_smooth averages CAM maps over flipped copies of the input; guided gradients are not averaged "
+                    "that way: compute them without aug_smooth");
+  CHECK_THROWS_WITH(gradcam::GradCAM(module, opts).compute(x, gradcam::Target::classes({0, 3})),
+                    "got 2 class indices for a batch of 3; give one per sample or one for all");
+}
+
 TEST_CASE("CAM reads the linear layer and refuses layers that are not pooled into it", "[methods][errors]") {
   // Tiny: 1x1 conv -> spatial mean -> linear: CAM on 'conv' is sum_k W_ck A_k, computed by hand.
   auto tiny = test::model("tiny_script");

@@ -204,6 +204,16 @@ class GradCAMOptions {
   /// less noisy maps. The methods that have no such terms (EigenCAM, EigenGradCAM, KPCA-CAM,
   /// rollout) are unchanged. Default false.
   GRADCAM_ARG(bool, eigen_smooth) = false;
+  /// Augmentation smoothing (pytorch-grad-cam's aug_smooth, test-time augmentation): the batch is
+  /// explained as 6 copies in one pass, each image unflipped and flipped left-right, times the
+  /// factors 0.9, 1.0 and 1.1 (its ttach transforms); each copy's map is flipped back and the 6
+  /// maps (after ReLU, not normalised) averaged. Every copy explains the class of the image itself
+  /// (top-k read on the unaugmented copy), so function targets (Target::score, Target::ranked:
+  /// boxes and masks that do not flip with the image) and guided gradients are refused. The
+  /// scores, logits and output are the unaugmented copy's, as are weights, activations and
+  /// gradients when kept; map_signed is the mean of the copies' signed maps. Six times the
+  /// memory of one pass. Default false.
+  GRADCAM_ARG(bool, aug_smooth) = false;
   /// Also compute guided (or deconvnet) gradients with respect to the input and the Guided
   /// Grad-CAM maps, from the same forward pass. Default GuidedMode::none.
   GRADCAM_ARG(GuidedMode, guided) = GuidedMode::none;

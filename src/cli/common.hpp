@@ -96,6 +96,7 @@ struct Common {
   std::vector<std::string> ops_libraries;  ///< --ops-library: loaded before the model (torchvision's operators)
   std::string shard;  ///< --shard I/N (shard.hpp), on the subcommands that take it; empty: all images
   bool eigen_smooth = false;  ///< --eigen-smooth, on the subcommands that take it (add_cam_smoothing)
+  bool aug_smooth = false;    ///< --aug-smooth (add_cam_smoothing)
   int64_t samples = 0;        ///< --samples (add_cam_smoothing): noise draws or steps (0: the methods' defaults)
   double noise_std = -1;      ///< --noise-std (add_cam_smoothing); -1 (the flag refuses negatives): the methods' defaults
 };
@@ -110,8 +111,8 @@ void add_common(CLI::App* app, Common& c, bool with_model = true);
 gradcam::GradCAMOptions cam_options(const Common& c, std::vector<std::string> layers,
                                     const std::vector<int64_t>& own_hw = {});
 
-/// --eigen-smooth, --samples and --noise-std: the CAM methods' smoothing options, on the subcommands
-/// that explain with them.
+/// --eigen-smooth, --aug-smooth, --samples and --noise-std: the CAM methods' smoothing options, on
+/// the subcommands that explain with them.
 void add_cam_smoothing(CLI::App* app, Common& c);
 
 /// A layer's grid layout for a JSON record: {"kind": "tokens", "extra_tokens": 1, "grid": [4, 4]}.
@@ -234,6 +235,12 @@ inline std::string for_the_command(std::string message) {
       {"; token_layout says ", "; --tokens says "},
       {", or give attention_heads", ", or give --attention-heads"},
       {"attention_heads is ", "--attention-heads is "},
+      {"guided gradients are not averaged that way: compute them without aug_smooth",
+       "guided gradients are not averaged that way: give the guided methods without --aug-smooth"},
+      {"aug_smooth explains class targets (top-k or classes): a Target::score or Target::ranked function may read "
+       "places in the image (boxes, masks), which the flipped copies move",
+       "--aug-smooth explains class scores: a detector's boxes do not flip with the image"},
+      {"aug_smooth averages", "--aug-smooth averages"},
   };
   for (const auto& [library, command] : advice) {
     const auto at = message.find(library);

@@ -308,6 +308,7 @@ json run_report(const FaithRun& run, double wall) {
                 {"metrics", a.metrics}, {"annotations", a.annotations}};
   if (run.shard.on()) p.settings["shard"] = run.shard.str();
   if (a.common.eigen_smooth) p.settings["eigen_smooth"] = true;
+  if (a.common.aug_smooth) p.settings["aug_smooth"] = true;
   if (std::find(a.metrics.begin(), a.metrics.end(), "pointing") != a.metrics.end()) p.settings["tolerance"] = a.tolerance;
   for (const auto& m : a.methods) {
     if (m == "sscam" || m == "iscam" || m == "smoothgradcam++") {
