@@ -198,6 +198,7 @@ struct Call {
   AttentionCalls attention_calls;  ///< the observed self-attention calls, in call order
   at::Tensor input;  ///< detached, on the options' device; requires grad for guided gradients
   bool layer_gradients = false;  ///< a gradient method on a layer: a backward pass to the leaves
+  bool hessian = false;          ///< ShapleyCAM: that pass records a graph, for H A
   detail::CaptureContext ctx;
   Scores scores;
   std::vector<at::Tensor> leaves;                  ///< captured activations A, one per call
@@ -295,19 +296,40 @@ at::Tensor leaf_gradient(const Call& c, size_t i, const at::Tensor& raw) {
   return c.options.counterfactual() ? g.neg() : g;
 }
 
+/// dy/dA of every leaf, read as grids; with c.hessian (ShapleyCAM) also H A, the Hessian of y with
+/// respect to A times A, from a backward pass that records its own graph (create_graph). Both
+/// negated for counterfactual maps.
+struct LeafGradients {
+  std::vector<at::Tensor> g, hvp;
+};
+
+LeafGradients leaf_gradients(Call& c, const at::Tensor& score, bool retain) {
+  LeafGradients out;
+  out.g.resize(c.leaves.size());
+  out.hvp.resize(c.leaves.size());
+  if (!c.layer_gradients) return out;
+  c.ctx.backward_mode = detail::BackwardMode::ordinary;
+  std::vector<at::Tensor> g;
+  try {
+    g = torch::autograd::grad({score}, c.leaves, {}, retain || c.hessian, c.hessian, /*allow_unused=*/true);
+    for (size_t i = 0; c.hessian && i < g.size(); ++i) {
+      // where y is linear in A after the layer (ReLU and linear layers only) g has no graph: H A = 0
+      at::Tensor h = g[i].defined() && g[i].requires_grad()
+                         ? torch::autograd::grad({g[i]}, {c.leaves[i]}, {c.leaves[i].detach()}, true, false, true)[0]
+                         : at::Tensor();
+      h = to_grid(h.defined() ? h : at::zeros_like(c.leaves[i]), c.layouts[i]);
+      out.hvp[i] = c.options.counterfactual() ? h.neg() : h;
+    }
+  } catch (const std::exception& e) {  // the autograd engine throws std::runtime_error
+    backward_failed("to the layers", e);
+  }
+  for (size_t i = 0; i < g.size(); ++i) out.g[i] = leaf_gradient(c, i, g[i].defined() ? g[i].detach() : g[i]);
+  return out;
+}
+
 // Step 4: the maps of rank r: the backward pass to the leaves, then every method on every leaf.
 void rank_maps(Call& c, int64_t r, const at::Tensor& score, bool retain, GradCAMResult& result) {
-  std::vector<at::Tensor> grads(c.leaves.size());
-  if (c.layer_gradients) {
-    c.ctx.backward_mode = detail::BackwardMode::ordinary;
-    std::vector<at::Tensor> g;
-    try {
-      g = torch::autograd::grad({score}, c.leaves, {}, retain, false, /*allow_unused=*/true);
-    } catch (const std::exception& e) {  // the autograd engine throws std::runtime_error
-      backward_failed("to the layers", e);
-    }
-    for (size_t i = 0; i < g.size(); ++i) grads[i] = leaf_gradient(c, i, g[i]);
-  }
+  const LeafGradients grads = leaf_gradients(c, score, retain);
   const at::Tensor classes = c.scores.classes.narrow(1, r, 1).squeeze(1);
   const at::Tensor score_r = c.scores.per_rank[static_cast<size_t>(r)].detach();
   const auto& methods = c.options.methods();
@@ -316,7 +338,7 @@ void rank_maps(Call& c, int64_t r, const at::Tensor& score, bool retain, GradCAM
     const at::Tensor a = to_grid(c.leaves[i].detach(), c.layouts[i]);
     for (size_t j = 0; j < methods.size(); ++j) {
       detail::Weighted w = detail::method_map(
-          methods[j], {a, grads[i], classes, score_r, c.scores.logits, layer, c.prepared[i][j], r});
+          methods[j], {a, grads.g[i], classes, score_r, c.scores.logits, layer, c.prepared[i][j], r, grads.hvp[i]});
       if (c.options.eigen_smooth()) w = detail::eigen_smoothed(w, a);
       LayerMap m;
       m.method = methods[j];
@@ -328,7 +350,7 @@ void rank_maps(Call& c, int64_t r, const at::Tensor& score, bool retain, GradCAM
       if (c.options.keep_signed()) m.map_signed = w.signed_map;
       if (c.options.keep_weights()) m.weights = w.weights;
       if (c.options.keep_activations()) m.activations = a;
-      if (c.options.keep_gradients() && grads[i].defined()) m.gradients = grads[i];
+      if (c.options.keep_gradients() && grads.g[i].defined()) m.gradients = grads.g[i];
       result.maps.push_back(std::move(m));
     }
   }
@@ -375,6 +397,7 @@ GradCAMResult Engine::compute_copies(const at::Tensor& input, const Target& targ
   const std::vector<Method>& methods = impl.options.methods();
   const bool any_layer = !impl.layers.empty();
   c.layer_gradients = any_layer && std::any_of(methods.begin(), methods.end(), uses_gradients);
+  c.hessian = c.layer_gradients && std::any_of(methods.begin(), methods.end(), detail::uses_hessian);
   const bool function_target = target.kind() == Target::Kind::score || target.kind() == Target::Kind::ranked;
   for (Method m : methods) {
     GRADCAM_CHECK(!any_layer || !function_target || !detail::is_perturbation(m), "method '", method_name(m),

@@ -149,6 +149,12 @@ Prepared prepare_kpca_cam(const PrepareInputs& in) {
 /// class (the sign as eigen_cam chooses it: positive correlation with sum_k g_k A_k, HiResCAM's map).
 Weighted eigen_grad_cam(const MethodInputs& in) { return eigen_cam(in.g * in.a); }
 
+/// ShapleyCAM (Cai et al. 2025): Grad-CAM's pooling of g - (H A) / 2, the second-order term of the
+/// channels' Shapley values; H A = 0 where y is piecewise linear in A (ReLU and linear layers after it).
+Weighted shapley_cam(const MethodInputs& in) {
+  return from_weights((in.g - 0.5 * in.hvp).mean(spatial_dims(in.a)), in.a);
+}
+
 /// Grad-CAM element-wise: the ReLU inside the channel sum, so that no position's negative products
 /// cancel another channel's positive ones.
 Weighted grad_cam_elementwise(const MethodInputs& in) { return from_terms(at::relu(in.g * in.a)); }
@@ -183,6 +189,7 @@ struct MethodRow {
   /// method cannot be exported (it needs more than the layer's gradient). Tested against the
   /// function above on the same input (test_export).
   const char* script;
+  bool hessian = false;  ///< reads H A (MethodInputs::hvp): the backward pass records a graph
 };
 
 // The exported forms of the gradient methods, op for op the functions above.
@@ -216,6 +223,7 @@ const MethodRow kMethods[] = {
     {Method::iscam, "iscam", false, true, prepare_perturbed<Method::iscam>, score_cam_map, nullptr},
     {Method::smoothgradcam_pp, "smoothgradcam++", false, true, prepare_smooth_grad_cam_pp, smooth_grad_cam_pp_map,
      nullptr},
+    {Method::shapleycam, "shapleycam", true, false, nullptr, shapley_cam, nullptr, /*hessian=*/true},
     {Method::cam, "cam", false, false, prepare_cam, cam_map, nullptr},
     {Method::rollout, "rollout", false, false, prepare_rollout, rollout_map, nullptr},
 };
@@ -247,6 +255,8 @@ Weighted eigen_smoothed(const Weighted& w, const at::Tensor& a) {
 }
 
 bool is_perturbation(Method method) { return row(method).perturbation; }
+
+bool uses_hessian(Method method) { return row(method).hessian; }
 
 const char* method_script(Method method) { return row(method).script; }
 

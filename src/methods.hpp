@@ -101,6 +101,7 @@ struct MethodInputs {
   const std::string& layer;
   const Prepared& prepared;    ///< this method's preparation of this activation
   int64_t rank;                ///< the target rank
+  const at::Tensor& hvp;       ///< H A: the Hessian of y with respect to A times A (uses_hessian), else undefined
 };
 
 /// [N,K] weights broadcast against A [N,K,...] and summed over K: [N,1,...].
@@ -146,6 +147,9 @@ Weighted eigen_smoothed(const Weighted& w, const at::Tensor& a);
 /// `_signed_map(self, a, g)` over the grid A [N,K,h,w] and its gradient, reading the helpers
 /// `self._weighted(w, a)` and `self._safe_div(num, den)`; nullptr when it cannot be exported.
 const char* method_script(Method method);
+
+/// ShapleyCAM: its backward pass records a graph, for the Hessian-vector product H A.
+bool uses_hessian(Method method);
 
 /// Score-CAM, its variants, Ablation-CAM and SmoothGrad-CAM++: weights from extra forward passes of
 /// perturbed inputs, so they explain class targets only.

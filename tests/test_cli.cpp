@@ -344,9 +344,9 @@ TEST_CASE("explain: CAM methods and fused layers", "[cli][methods]") {
   same_maps("--method sscam iscam --samples 2 --noise-std 0.5", "ss",
             gradcam::GradCAMOptions("block3").methods({Method::sscam, Method::iscam}).samples(2).noise_std(0.5),
             gradcam::Target::classes({3}));
-  // SmoothGrad-CAM++ and SS-CAM without --noise-std: each method's own default noise
-  same_maps("--method smoothgradcam++ sscam --samples 3", "sg",
-            gradcam::GradCAMOptions("block3").methods({Method::smoothgradcam_pp, Method::sscam}).samples(3),
+  // SmoothGrad-CAM++ and SS-CAM without --noise-std: each method's own default noise; ShapleyCAM
+  same_maps("--method smoothgradcam++ sscam shapleycam --samples 3", "sg",
+            gradcam::GradCAMOptions("block3").methods({Method::smoothgradcam_pp, Method::sscam, Method::shapleycam}).samples(3),
             gradcam::Target::classes({3}));
   // --finer: the Finer-CAM target of the class given
   same_maps("--finer 2 --finer-alpha 0.5", "finer", gradcam::GradCAMOptions("block3"), gradcam::targets::finer({3}, 2, 0.5));

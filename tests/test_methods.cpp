@@ -56,7 +56,8 @@ TEST_CASE("the methods equal the PyTorch reference on resnet18 (float64)", "[met
   const at::Tensor x = ref.get("input").to(at::kDouble);
   const std::vector<Method> methods = {Method::gradcam, Method::gradcam_pp, Method::xgradcam, Method::hirescam,
                                        Method::layercam, Method::eigencam, Method::eigengradcam, Method::kpcacam,
-                                       Method::gradcam_elementwise, Method::smoothgradcam_pp, Method::cam};
+                                       Method::gradcam_elementwise, Method::smoothgradcam_pp, Method::shapleycam,
+                                       Method::cam};
   gradcam::GradCAM cam(module, gradcam::GradCAMOptions("layer4").methods(methods));
   const auto r = cam.compute(x, gradcam::Target::classes({3, 517}));
   CHECK(test::rel_err(r.logits, ref.get("logits__b2")) < kTol64);

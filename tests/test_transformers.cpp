@@ -106,6 +106,37 @@ TEST_CASE("every CAM method equals the reference on token and channels-last laye
   }
 }
 
+TEST_CASE("ShapleyCAM's second-order term counts on transformer layers, where y is not piecewise linear in A",
+          "[transformers]") {
+  // The case above checks ShapleyCAM against the reference everywhere; this one checks that the
+  // reference's H A is not zero there (GELU, LayerNorm, softmax attention after the layer), so that
+  // the check is not Grad-CAM's again.
+  for (const auto& model : models()) {
+    const test::Ref ref(model.name);
+    auto module = test::model(model.name + "_script");
+    test::to_double(module);
+    gradcam::GradCAM cam(module, gradcam::GradCAMOptions(model.layers).methods({Method::gradcam, Method::shapleycam}));
+    const auto r = cam.compute(ref.get("input").to(at::kDouble), gradcam::Target::classes({3, 7}));
+    for (const auto& layer : model.layers) {
+      INFO(model.name << " " << layer);
+      std::string flat = layer;
+      std::replace(flat.begin(), flat.end(), '.', '_');
+      CHECK(ref.get("hvp__" + flat).item<double>() > 1e-6);
+      CHECK(test::rel_err(r.get(layer, 0, 0, Method::shapleycam).map, r.get(layer, 0, 0, Method::gradcam).map) > 1e-4);
+    }
+  }
+  // the counterfactual map explains -y: g and H A both change sign, and so do the weights
+  const test::Ref ref("tf_gap");
+  auto module = test::model("tf_gap_script");
+  test::to_double(module);
+  const at::Tensor x = ref.get("input").to(at::kDouble);
+  const auto opts = gradcam::GradCAMOptions("blocks.0.ln_1").methods({Method::shapleycam}).keep_weights(true);
+  const at::Tensor w = gradcam::GradCAM(module, opts).compute(x, gradcam::Target::classes({3, 7})).maps[0].weights;
+  const at::Tensor neg = gradcam::GradCAM(module, gradcam::GradCAMOptions(opts).counterfactual(true))
+                             .compute(x, gradcam::Target::classes({3, 7})).maps[0].weights;
+  CHECK(test::rel_err(neg, -w) < 1e-12);
+}
+
 TEST_CASE("Grad-CAM on token layers in float32 is within rounding of the float64 reference", "[transformers]") {
   double worst = 0;
   for (const auto& model : models()) {

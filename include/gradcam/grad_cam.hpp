@@ -70,6 +70,8 @@ enum class Method {
   smoothgradcam_pp,  ///< SmoothGrad-CAM++ (Omeiza 2019): Grad-CAM++'s weights from the means of g,
                      ///< g^2 and g^3 over S noisy copies X + N(0, noise_std^2) of the input, with A
                      ///< the clean input's; S forward and S x ranks backward passes more
+  shapleycam,   ///< ShapleyCAM (Cai 2025): alpha_k = mean_ij (g - H A / 2)_kij, H the Hessian of y
+                ///< with respect to A (H A by double backward); Grad-CAM where y is piecewise linear in A
   cam,          ///< CAM (Zhou 2016): ReLU(sum_k W_ck A_k), W the linear layer after global pooling
   rollout,      ///< Attention rollout (Abnar & Zuidema 2020), transformers with nn.MultiheadAttention:
                 ///< R = prod_l (A_l + I) / 2 over the model's self-attention calls (A_l averaged over
@@ -79,7 +81,7 @@ enum class Method {
 
 /// "gradcam", "gradcam++", "xgradcam", "hirescam", "layercam", "scorecam", "ablationcam",
 /// "eigencam", "eigengradcam", "kpcacam", "gradcamelementwise", "randomcam", "sscam", "iscam",
-/// "smoothgradcam++", "cam", "rollout".
+/// "smoothgradcam++", "shapleycam", "cam", "rollout".
 const char* method_name(Method method);
 /// The method with that name (case-insensitive, also "gradcampp" and "smoothgradcampp"); throws
 /// gradcam::Error listing the names.
@@ -87,8 +89,8 @@ Method method_from_name(const std::string& name);
 /// Every method, in the enum's order.
 std::vector<Method> all_methods();
 /// True for the methods computed from dy/dA of the input's own forward pass (gradcam, gradcam_pp,
-/// xgradcam, hirescam, layercam, eigengradcam, gradcam_elementwise): those counterfactual maps
-/// apply to. SmoothGrad-CAM++ reads the gradients of noisy copies instead.
+/// xgradcam, hirescam, layercam, eigengradcam, gradcam_elementwise, shapleycam): those
+/// counterfactual maps apply to. SmoothGrad-CAM++ reads the gradients of noisy copies instead.
 bool uses_gradients(Method method);
 
 /// What to explain: the differentiable score(s) y whose gradient is taken.
