@@ -7,6 +7,7 @@
 #include <cmath>
 
 #include <ATen/ATen.h>
+#include <ATen/CPUGeneratorImpl.h>
 #include <torch/csrc/jit/api/module.h>
 
 #include <gradcam/gradcam.hpp>
@@ -265,6 +266,45 @@ TEST_CASE("aug_smooth: the mean of the flipped and scaled copies' maps, each exp
                     "that way: compute them without aug_smooth");
   CHECK_THROWS_WITH(gradcam::GradCAM(module, opts).compute(x, gradcam::Target::classes({0, 3})),
                     "got 2 class indices for a batch of 3; give one per sample or one for all");
+}
+
+TEST_CASE("Deep Feature Factorization equals the reference's NMF on resnet18's layer4, and converges where an exact "
+          "factorisation exists", "[methods]") {
+  const test::Ref ref("methods_resnet18");
+  auto module = test::model("methods_resnet18");
+  module.to(at::kDouble);
+  const at::Tensor x = ref.get("input").to(at::kDouble);
+  gradcam::GradCAM cam(module, gradcam::GradCAMOptions("layer4").methods({Method::eigencam}).keep_activations(true));
+  const at::Tensor a = cam.compute(x).maps[0].activations;
+  const auto f = gradcam::factorize(a, gradcam::FactorizationOptions().components(4).iterations(50));
+  CHECK(test::rel_err(f.concepts, ref.get("dff_concepts")) < kTol64);
+  CHECK(test::rel_err(f.maps, ref.get("dff_maps")) < kTol64);
+  CHECK(f.residual == Approx(ref.get("dff_residual").item<double>()).epsilon(1e-8));
+  CHECK(f.maps.min().item<double>() >= 0);
+  const at::Tensor fc_w = module.attr("fc").toModule().attr("weight").toTensor();
+  const at::Tensor fc_b = module.attr("fc").toModule().attr("bias").toTensor();
+  CHECK(test::rel_err(gradcam::concept_scores(f, fc_w, fc_b), ref.get("dff_scores")) < kTol64);
+  // X = W0 H0 with W0, H0 >= 0 and a zero column (so no channel is shifted): the residual falls
+  // with the iterations towards 0 (measured by make_method_refs.py's dff_ref on the same matrix:
+  // 0.135, 0.0267, 0.00285, 0.000876 after 10, 100, 1000, 2000)
+  auto gen = at::make_generator<at::CPUGeneratorImpl>(3);
+  const at::Tensor w0 = at::rand({16, 3}, gen, at::TensorOptions().dtype(at::kDouble));
+  at::Tensor h0 = at::rand({3, 50}, gen, at::TensorOptions().dtype(at::kDouble));
+  h0.select(1, 0).zero_();
+  const at::Tensor exact = at::matmul(w0, h0).view({16, 2, 5, 5}).transpose(0, 1);
+  double previous = 1;
+  for (int64_t it : {10, 100, 1000, 2000}) {
+    const double r = gradcam::factorize(exact, gradcam::FactorizationOptions().components(3).iterations(it)).residual;
+    INFO(it << " iterations: residual " << r);
+    CHECK(r < previous);
+    previous = r;
+  }
+  CHECK(previous < 1e-3);
+  CHECK_THROWS_WITH(gradcam::factorize(a, gradcam::FactorizationOptions().components(513)),
+                    "components must be from 1 to the 512 channels, got 513");
+  CHECK_THROWS_WITH(gradcam::factorize(a.sum(3)), "factorize needs activations [N, K, h, w], got [2, 512, 3]");
+  CHECK_THROWS_WITH(gradcam::concept_scores(f, fc_w.t()),
+                    "the linear head's weight must be [classes, 512] for concepts of 512 channels, got [512, 1000]");
 }
 
 TEST_CASE("CAM reads the linear layer and refuses layers that are not pooled into it", "[methods][errors]") {

@@ -6,6 +6,7 @@
 #include <gradcam/error.hpp>
 #include <gradcam/evaluate.hpp>
 #include <gradcam/export.hpp>
+#include <gradcam/factorization.hpp>
 #include <gradcam/faithfulness.hpp>
 #include <gradcam/targets.hpp>
 #include <gradcam/grad_cam.hpp>
