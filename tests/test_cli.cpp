@@ -638,6 +638,45 @@ TEST_CASE("compare: two copies of one model agree exactly", "[cli][compare]") {
   CHECK_THAT(r.out, Contains("exactly two models"));
 }
 
+TEST_CASE("concepts: the factorisation, class scores and maps of the library, one panel per image", "[cli][methods]") {
+  const std::string out = tmpdir("concepts");
+  const std::vector<std::string> images = {demo("test/0013_three.png"), demo("test/0002_five.png"), demo("test/0000_zero.png")};
+  Run r = run(cli() + " concepts --model " + demo("digits.pt") + " --image " + images[0] + " " + images[1] + " " +
+              images[2] + " --resize 0 --crop 0 --components 3 --iterations 20 --top 2 --quiet --out " + out);
+  INFO(r.out);
+  REQUIRE(r.code == 0);
+  std::ifstream in(out + "/concepts.json");
+  const json c = json::parse(in);
+  REQUIRE(c["concepts"].size() == 3);
+  REQUIRE(c["images"].size() == 3);
+  // the library on the same inputs: block3's activations of the three images, factorised
+  auto module = gradcam::load_model(demo("digits.pt"));
+  std::vector<at::Tensor> xs;
+  for (const auto& p : images) xs.push_back(gradcam::to_tensor(gradcam::load_image(p), gradcam::Preprocess().resize(0).crop(0)));
+  gradcam::GradCAM cam(module, gradcam::GradCAMOptions("block3").methods({gradcam::Method::eigencam}).keep_activations(true));
+  const auto f = gradcam::factorize(cam.compute(at::cat(xs)).maps[0].activations,
+                                    gradcam::FactorizationOptions().components(3).iterations(20));
+  CHECK(c["residual"].get<double>() == Approx(f.residual).epsilon(1e-6));
+  const at::Tensor scores = gradcam::concept_scores(f, module.attr("fc").toModule().attr("weight").toTensor(),
+                                                    module.attr("fc").toModule().attr("bias").toTensor());
+  for (int64_t k = 0; k < 3; ++k) {
+    const json& top = c["concepts"][static_cast<size_t>(k)]["top_classes"];
+    REQUIRE(top.size() == 2);
+    const int64_t best = scores[k].argmax().item<int64_t>();
+    CHECK(top[0]["class"].get<int64_t>() == best);
+    CHECK(top[0]["score"].get<double>() == Approx(scores[k][best].item<double>()).epsilon(1e-5));
+  }
+  for (size_t i = 0; i < 3; ++i) {
+    const json& im = c["images"][i];
+    CHECK_FALSE(cv::imread(out + "/" + im["panel"].get<std::string>()).empty());
+    const at::Tensor maps = read_npy(out + "/" + im["maps"].get<std::string>());
+    CHECK(test::rel_err(maps, f.maps[static_cast<int64_t>(i)]) < 1e-6);
+  }
+  r = run(cli() + " concepts --model " + demo("digits.pt") + " --image " + images[0] + " --linear head --out " + out);
+  CHECK(r.code != 0);
+  CHECK_THAT(r.out, Contains("--linear 'head' names no linear layer with a weight [classes, "));
+}
+
 TEST_CASE("explain --task detection: a record and a map per box, equal to the library's", "[cli][detection]") {
   // Faster R-CNN: minutes under the sanitizers, whose quick mode runs the YOLO-style case below
   if (test::quick()) return;

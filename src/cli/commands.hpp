@@ -31,5 +31,6 @@ Subcommand add_compare(CLI::App* sub);     // compare.cpp
 Subcommand add_bench(CLI::App* sub);       // bench.cpp
 Subcommand add_merge(CLI::App* sub);       // merge.cpp
 Subcommand add_export(CLI::App* sub);      // export.cpp
+Subcommand add_concepts(CLI::App* sub);    // concepts.cpp
 
 }  // namespace gradcam_cli

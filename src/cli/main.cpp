@@ -45,6 +45,10 @@ const CommandRow kCommands[] = {
      "find misclassified images and explain them: panels of the predicted and the true class, an HTML report "
      "and a JSON summary",
      add_diagnose},
+    {"concepts",
+     "Deep Feature Factorization: the concepts a layer finds across images, their top classes, and where each "
+     "concept is in each image",
+     add_concepts},
     {"compare",
      "two models' Grad-CAM side by side for the same class, with their rank correlation and the IoU of their "
      "localization boxes",
