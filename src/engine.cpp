@@ -296,6 +296,25 @@ at::Tensor leaf_gradient(const Call& c, size_t i, const at::Tensor& raw) {
   return c.options.counterfactual() ? g.neg() : g;
 }
 
+/// ShapleyCAM's H A for leaf i from g = dy/dA (recorded with its graph), read as a grid; negated
+/// for counterfactual maps.
+at::Tensor hessian_times_a(const Call& c, size_t i, const at::Tensor& g) {
+  at::Tensor h;
+  // where y is linear in A after the layer (ReLU and linear layers only) g has no graph: H A = 0
+  if (g.defined() && g.requires_grad()) {
+    try {
+      h = torch::autograd::grad({g}, {c.leaves[i]}, {c.leaves[i].detach()}, true, false, true)[0];
+    } catch (const std::exception& e) {
+      fail(concat("ShapleyCAM needs the second derivative of the score with respect to layer '",
+                  c.layers[c.where[i].first], "', and this LibTorch has none for an operator after it (",
+                  torch_message(e), "); LibTorch 2.x's fused attention kernels have none: choose another method "
+                  "for this layer"));
+    }
+  }
+  h = to_grid(h.defined() ? h : at::zeros_like(c.leaves[i]), c.layouts[i]);
+  return c.options.counterfactual() ? h.neg() : h;
+}
+
 /// dy/dA of every leaf, read as grids; with c.hessian (ShapleyCAM) also H A, the Hessian of y with
 /// respect to A times A, from a backward pass that records its own graph (create_graph). Both
 /// negated for counterfactual maps.
@@ -312,17 +331,10 @@ LeafGradients leaf_gradients(Call& c, const at::Tensor& score, bool retain) {
   std::vector<at::Tensor> g;
   try {
     g = torch::autograd::grad({score}, c.leaves, {}, retain || c.hessian, c.hessian, /*allow_unused=*/true);
-    for (size_t i = 0; c.hessian && i < g.size(); ++i) {
-      // where y is linear in A after the layer (ReLU and linear layers only) g has no graph: H A = 0
-      at::Tensor h = g[i].defined() && g[i].requires_grad()
-                         ? torch::autograd::grad({g[i]}, {c.leaves[i]}, {c.leaves[i].detach()}, true, false, true)[0]
-                         : at::Tensor();
-      h = to_grid(h.defined() ? h : at::zeros_like(c.leaves[i]), c.layouts[i]);
-      out.hvp[i] = c.options.counterfactual() ? h.neg() : h;
-    }
   } catch (const std::exception& e) {  // the autograd engine throws std::runtime_error
     backward_failed("to the layers", e);
   }
+  for (size_t i = 0; c.hessian && i < g.size(); ++i) out.hvp[i] = hessian_times_a(c, i, g[i]);
   for (size_t i = 0; i < g.size(); ++i) out.g[i] = leaf_gradient(c, i, g[i].defined() ? g[i].detach() : g[i]);
   return out;
 }
