@@ -39,22 +39,19 @@ struct ConceptArgs {
 /// named "weight" whose second dimension is the layer's channels (as CAM finds it). Empty
 /// tensors when there is none.
 std::pair<at::Tensor, at::Tensor> linear_head(const torch::jit::Module& module, const std::string& path, int64_t k) {
-  at::Tensor weight, bias;
+  std::map<std::string, at::Tensor> params;
+  std::string chosen;  // the weight's name
   for (const auto& p : module.named_parameters(/*recurse=*/true)) {
+    params[p.name] = p.value;
     const bool named = path.empty() ? p.name.size() >= 6 && p.name.compare(p.name.size() - 6, 6, "weight") == 0
                                     : p.name == path + ".weight";
-    if (named && p.value.dim() == 2 && p.value.size(1) == k) {
-      weight = p.value;
-      const std::string b = p.name.substr(0, p.name.size() - 6) + "bias";
-      bias = at::Tensor();
-      for (const auto& q : module.named_parameters(true)) {
-        if (q.name == b) bias = q.value;
-      }
-    }
+    if (named && p.value.dim() == 2 && p.value.size(1) == k) chosen = p.name;
   }
-  GRADCAM_CHECK(path.empty() || weight.defined(), "--linear '", path, "' names no linear layer with a weight [classes, ",
+  GRADCAM_CHECK(path.empty() || !chosen.empty(), "--linear '", path, "' names no linear layer with a weight [classes, ",
                 k, "]");
-  return {weight, bias};
+  if (chosen.empty()) return {};
+  const auto bias = params.find(chosen.substr(0, chosen.size() - 6) + "bias");
+  return {params[chosen], bias != params.end() ? bias->second : at::Tensor()};
 }
 
 /// The activations of every readable image at the layer, in --batch chunks; the images' paths,

@@ -143,7 +143,6 @@ gradcam::GradCAMOptions explain_options(const ExplainArgs& a, const std::vector<
   return opts;
 }
 
-/// One `explain` run: its settings, explainers, outputs and counts.
 /// --finer K: the Finer-CAM target of --class (one class) or of each image's top-1.
 gradcam::Target finer_target(const ExplainArgs& a) {
   GRADCAM_CHECK(!a.detection.on(), "--finer contrasts class scores; it does not apply to --task detection");
@@ -151,6 +150,7 @@ gradcam::Target finer_target(const ExplainArgs& a) {
   return gradcam::targets::finer(a.classes, a.finer, a.finer_alpha);
 }
 
+/// One `explain` run: its settings, explainers, outputs and counts.
 struct ExplainRun {
   const ExplainArgs& a;
   c10::Device device;
