@@ -40,83 +40,10 @@ void check_input(const Forward& forward, const at::Tensor& input) {
 
 namespace {
 
-using detail::logits_of;
-
 /// The output without its autograd history: a result must not keep the call's graph (memory,
 /// and the guided ops' pointers to the call's context) alive.
 c10::IValue detached(const c10::IValue& v) {
   return map_tensors(v, [](const at::Tensor& t) { return t.detach(); });
-}
-
-/// Scores to explain: per rank, a [N] tensor; and the class explained per sample and rank.
-struct Scores {
-  std::vector<at::Tensor> per_rank;
-  at::Tensor classes;  // [N,R]
-  at::Tensor logits;
-};
-
-Scores ranked_scores(const Target& target, const c10::IValue& out, int64_t n) {
-  const Target::Ranked v = target.ranked_fn()(out);
-  GRADCAM_CHECK(v.scores.defined() && v.scores.dim() == 2 && v.scores.size(0) == n && v.scores.size(1) >= 1,
-                "the ranked score function returned scores of shape ",
-                v.scores.defined() ? shape_str(v.scores.sizes()) : std::string("(undefined)"),
-                "; expected [N, R] with N = ", n, " and R >= 1");
-  Scores s;
-  for (int64_t r = 0; r < v.scores.size(1); ++r) s.per_rank.push_back(v.scores.select(1, r));
-  if (v.classes.defined()) {
-    GRADCAM_CHECK(v.classes.sizes() == v.scores.sizes(), "the ranked score function returned classes of shape ",
-                  shape_str(v.classes.sizes()), " for scores of shape ", shape_str(v.scores.sizes()));
-    s.classes = v.classes.to(at::kLong);
-  } else {
-    s.classes = at::full(v.scores.sizes(), -1, at::TensorOptions().dtype(at::kLong));
-  }
-  return s;
-}
-
-/// `copies` blocks of n / copies images: class targets are read on the first block (the images
-/// themselves) and explain the same classes in every block (Engine::compute_copies).
-Scores resolve_target(const Target& target, const c10::IValue& out, int64_t n, int64_t copies) {
-  Scores s;
-  if (target.kind() == Target::Kind::ranked) return ranked_scores(target, out, n);
-  if (target.kind() == Target::Kind::score) {
-    at::Tensor v = target.fn()(out);
-    GRADCAM_CHECK(v.defined(), "the score function returned an undefined tensor");
-    GRADCAM_CHECK(v.numel() == n, "the score function returned shape ", shape_str(v.sizes()),
-                  "; expected one score per sample, [", n, "]");
-    s.per_rank.push_back(v.reshape({n}));
-    s.classes = at::full({n, 1}, -1, at::TensorOptions().dtype(at::kLong));
-    return s;
-  }
-  at::Tensor logits = logits_of(out);
-  GRADCAM_CHECK(logits.dim() == 2 && logits.size(0) == n, "the model output has shape ",
-                shape_str(logits.sizes()), "; class targets need [N, classes] with N = ", n,
-                " (use Target::score for other outputs)");
-  const int64_t num_classes = logits.size(1);
-  const int64_t own = n / copies;  // the images explained: the first block
-  at::Tensor idx;
-  if (target.kind() == Target::Kind::top_k) {
-    GRADCAM_CHECK(target.k() <= num_classes, "top-", target.k(), " requested but the model has ",
-                  num_classes, " classes");
-    idx = std::get<1>(logits.detach().narrow(0, 0, own).topk(target.k(), 1));
-  } else {
-    const auto& ind = target.indices();
-    GRADCAM_CHECK(ind.size() == 1 || static_cast<int64_t>(ind.size()) == own, "got ", ind.size(),
-                  " class indices for a batch of ", own, "; give one per sample or one for all");
-    for (int64_t c : ind) {
-      GRADCAM_CHECK(c >= 0 && c < num_classes, "class index ", c,
-                    " is out of range: the model has ", num_classes, " classes (0..",
-                    num_classes - 1, ")");
-    }
-    idx = at::tensor(ind, at::TensorOptions().dtype(at::kLong)).to(logits.device());
-    idx = idx.view({-1, 1}).expand({own, 1}).contiguous();
-  }
-  if (copies > 1) idx = idx.repeat({copies, 1});
-  for (int64_t r = 0; r < idx.size(1); ++r) {
-    s.per_rank.push_back(logits.gather(1, idx.narrow(1, r, 1)).squeeze(1));
-  }
-  s.classes = idx;
-  s.logits = logits.detach();
-  return s;
 }
 
 }  // namespace

@@ -9,6 +9,8 @@
 #include <string>
 #include <vector>
 
+#include <gradcam/grad_cam.hpp>
+
 namespace gradcam::detail {
 
 /// The class-score tensor of a model output (a tensor, the first tensor of a tuple, a dict's
@@ -30,5 +32,19 @@ std::optional<std::vector<DetectorImage>> torchvision_detections(const c10::IVal
 /// The output with every tensor t in it (alone, in tuples, lists and dicts, nested) replaced by
 /// fn(t); anything else kept.
 c10::IValue map_tensors(const c10::IValue& v, const std::function<at::Tensor(const at::Tensor&)>& fn);
+
+/// The scores a target selects from one forward pass (scores.cpp): per rank a [N] tensor, the class
+/// explained per sample and rank [N,R] (-1 for function targets), and for class targets the logits.
+struct Scores {
+  std::vector<at::Tensor> per_rank;
+  at::Tensor classes;
+  at::Tensor logits;
+};
+
+/// The target's scores in the output of a pass over `copies` blocks of n / copies images: class
+/// targets are read on the first block (the images themselves) and explain the same classes in
+/// every block (Engine::compute_copies, aug_smooth). Throws gradcam::Error for a class out of
+/// range, a wrong count of classes, or a function returning the wrong shape.
+Scores resolve_target(const Target& target, const c10::IValue& out, int64_t n, int64_t copies);
 
 }  // namespace gradcam::detail
