@@ -63,6 +63,9 @@ Engine::Engine(const torch::jit::Module& m, GradCAMOptions opts) : options(std::
                 "noise_std must be a finite number >= 0, got ", options.noise_std().value_or(0));
   for (size_t i = 0; i < options.methods().size(); ++i) {
     const Method m = options.methods()[i];
+    GRADCAM_CHECK(!options.counterfactual() || !uses_bias_gradients(m), "counterfactual maps come from negated "
+                  "gradients; method '", method_name(m), "' sums absolute values (|x dy/dx| and |b dy/db|), which "
+                  "negated gradients leave unchanged: it has no counterfactual form");
     GRADCAM_CHECK(!options.counterfactual() || uses_gradients(m), "counterfactual maps come from "
                   "negated gradients; method '", method_name(m), "' does not use gradients (use "
                   "gradcam, gradcam++, xgradcam, hirescam or layercam)");
@@ -107,6 +110,14 @@ Engine::Engine(const torch::jit::Module& m, GradCAMOptions opts) : options(std::
     attention = find_attention(module, options.attention_heads());
     for (const auto& a : attention) spec.inputs.push_back(a.path);
   }
+  if (std::any_of(options.methods().begin(), options.methods().end(), uses_bias_gradients) && !layers.empty()) {
+    bias_layers = find_bias_layers(module);
+    for (const BiasLayer& b : bias_layers) {  // a named layer keeps its one slot
+      const auto named = std::find(layers.begin(), layers.end(), b.path);
+      bias_slots.push_back(named != layers.end() ? static_cast<size_t>(named - layers.begin()) : spec.layers.size());
+      if (named == layers.end()) spec.layers.push_back(b.path);
+    }
+  }
   forward = std::make_unique<Forward>(module, spec);
 }
 
@@ -116,16 +127,20 @@ namespace {
 struct Call {
   explicit Call(const Engine& e)
       : options(e.options), forward(*e.forward), module(e.module), layers(e.layers), attention(e.attention),
-        ctx(forward.slots(), CaptureContext::Mode::leaf, forward.observe_from()) {}
+        engine(e), ctx(forward.slots(), CaptureContext::Mode::leaf, forward.observe_from()) {}
   const GradCAMOptions& options;
   const detail::Forward& forward;
   const torch::jit::Module& module;
   const std::vector<std::string>& layers;
   const std::vector<AttentionModule>& attention;
+  const Engine& engine;
   AttentionCalls attention_calls;  ///< the observed self-attention calls, in call order
   at::Tensor input;  ///< detached, on the options' device; requires grad for guided gradients
   bool layer_gradients = false;  ///< a gradient method on a layer: a backward pass to the leaves
   bool hessian = false;          ///< ShapleyCAM: that pass records a graph, for H A
+  bool fullgrad = false;         ///< FullGrad: a backward pass to the bias layers and the input
+  std::vector<at::Tensor> bias_outputs;  ///< FullGrad: each call's output of each bias layer...
+  std::vector<size_t> bias_of;           ///< ...and which of Engine::bias_layers made it
   detail::CaptureContext ctx;
   Scores scores;
   std::vector<at::Tensor> leaves;                  ///< captured activations A, one per call
@@ -169,6 +184,16 @@ void collect(Call& c) {
       c.layouts.push_back(resolve_layout(c.options.token_layout(), c.layers[slot], a.sizes(), c.input.sizes()));
       c.leaves.push_back(a);
       c.where.emplace_back(slot, static_cast<int64_t>(call));
+    }
+  }
+  for (size_t b = 0; c.fullgrad && b < c.engine.bias_layers.size(); ++b) {
+    for (const at::Tensor& z : c.ctx.captures[c.engine.bias_slots[b]]) {
+      GRADCAM_CHECK(z.dim() == 4 && z.size(0) == c.input.size(0), "FullGrad sums the bias gradients of every "
+                    "Conv2d and BatchNorm2d layer over the image, and layer '", c.engine.bias_layers[b].path,
+                    "' gives shape ", shape_str(z.sizes()), ", not [", c.input.size(0), ", K, h, w] (a detector's "
+                    "region heads see boxes, not images): choose another method for this model");
+      c.bias_outputs.push_back(z);
+      c.bias_of.push_back(b);
     }
   }
 }
@@ -266,9 +291,31 @@ LeafGradients leaf_gradients(Call& c, const at::Tensor& score, bool retain) {
   return out;
 }
 
-// Step 4: the maps of rank r: the backward pass to the leaves, then every method on every leaf.
+/// FullGrad's map of one rank (fullgrad.cpp), from a backward pass in ordinary mode to every bias
+/// layer's outputs and to the input.
+at::Tensor full_gradient_map(Call& c, const at::Tensor& score, bool retain) {
+  c.ctx.backward_mode = detail::BackwardMode::ordinary;
+  std::vector<at::Tensor> to = c.bias_outputs;
+  to.push_back(c.input);
+  std::vector<at::Tensor> g;
+  try {
+    g = torch::autograd::grad({score}, to, {}, retain, false, /*allow_unused=*/true);
+  } catch (const std::exception& e) {  // the autograd engine throws std::runtime_error
+    backward_failed("to the bias layers and the input (FullGrad)", e);
+  }
+  std::vector<BiasGradient> terms;
+  for (size_t i = 0; i < c.bias_outputs.size(); ++i) {  // no gradient: the score does not read it
+    if (g[i].defined()) terms.push_back({c.engine.bias_layers[c.bias_of[i]].bias, g[i]});
+  }
+  const at::Tensor gx = g.back().defined() ? g.back() : at::zeros_like(c.input);
+  return fullgrad_map(c.input.detach(), gx, terms);
+}
+
+// Step 4: the maps of rank r: the backward passes to the leaves (and for FullGrad to the bias
+// layers and the input), then every method on every leaf.
 void rank_maps(Call& c, int64_t r, const at::Tensor& score, bool retain, GradCAMResult& result) {
-  const LeafGradients grads = leaf_gradients(c, score, retain);
+  const LeafGradients grads = leaf_gradients(c, score, retain || c.fullgrad);
+  const at::Tensor full = c.fullgrad ? full_gradient_map(c, score, retain) : at::Tensor();
   const at::Tensor classes = c.scores.classes.narrow(1, r, 1).squeeze(1);
   const at::Tensor score_r = c.scores.per_rank[static_cast<size_t>(r)].detach();
   const auto& methods = c.options.methods();
@@ -277,7 +324,7 @@ void rank_maps(Call& c, int64_t r, const at::Tensor& score, bool retain, GradCAM
     const at::Tensor a = to_grid(c.leaves[i].detach(), c.layouts[i]);
     for (size_t j = 0; j < methods.size(); ++j) {
       detail::Weighted w = detail::method_map(
-          methods[j], {a, grads.g[i], classes, score_r, c.scores.logits, layer, c.prepared[i][j], r, grads.hvp[i]});
+          methods[j], {a, grads.g[i], classes, score_r, c.scores.logits, layer, c.prepared[i][j], r, grads.hvp[i], full});
       if (c.options.eigen_smooth()) w = detail::eigen_smoothed(w, a);
       LayerMap m;
       m.method = methods[j];
@@ -337,6 +384,7 @@ GradCAMResult Engine::compute_copies(const at::Tensor& input, const Target& targ
   const bool any_layer = !impl.layers.empty();
   c.layer_gradients = any_layer && std::any_of(methods.begin(), methods.end(), uses_gradients);
   c.hessian = c.layer_gradients && std::any_of(methods.begin(), methods.end(), detail::uses_hessian);
+  c.fullgrad = any_layer && std::any_of(methods.begin(), methods.end(), detail::uses_bias_gradients);
   const bool function_target = target.kind() == Target::Kind::score || target.kind() == Target::Kind::ranked;
   for (Method m : methods) {
     GRADCAM_CHECK(!any_layer || !function_target || !detail::is_perturbation(m), "method '", method_name(m),
@@ -344,9 +392,9 @@ GradCAMResult Engine::compute_copies(const at::Tensor& input, const Target& targ
                   "reads their class scores, where a Target::score or Target::ranked function cannot be evaluated");
   }
   // Without gradient methods or guided gradients no backward pass runs: record no graph.
-  const bool need_backward = c.layer_gradients || guided != GuidedMode::none;
+  const bool need_backward = c.layer_gradients || c.fullgrad || guided != GuidedMode::none;
   c10::AutoGradMode grad_on(need_backward);
-  if (guided != GuidedMode::none) c.input.requires_grad_(true);
+  if (guided != GuidedMode::none || c.fullgrad) c.input.requires_grad_(true);
 
   const c10::IValue out = run_forward(c);
   c.scores = resolve_target(target, out, c.input.size(0), copies);

@@ -37,6 +37,8 @@ struct Engine {
   std::vector<std::string> layers;  ///< resolved names ("auto" replaced)
   std::unique_ptr<Forward> forward;
   std::vector<AttentionModule> attention;  ///< attention rollout: the modules whose input is observed
+  std::vector<BiasLayer> bias_layers;      ///< FullGrad: every layer with a bias (fullgrad.cpp)...
+  std::vector<size_t> bias_slots;          ///< ...and its capture slot (a named layer's own, or one after them)
 };
 
 /// GradCAMOptions::aug_smooth (augment.cpp): the 6 augmented copies of the batch in one pass

@@ -1,7 +1,7 @@
 // src/methods.cpp: the CAM methods, one function each (and a preparation where a method shares
 // work across ranks), and kMethods, the one table of their names and kinds. The methods that run
-// the model again on perturbed inputs are in perturbation.cpp, CAM in cam.cpp and attention
-// rollout in rollout.cpp. Adding a method: its functions here (or in a file of their own), its row
+// the model again on perturbed inputs are in perturbation.cpp, CAM in cam.cpp, FullGrad in
+// fullgrad.cpp and attention rollout in rollout.cpp. Adding a method: its functions here (or in a file of their own), its row
 // in kMethods, its enum value in <gradcam/grad_cam.hpp>; see docs/architecture.md, "Adding a
 // method".
 #include "methods.hpp"
@@ -190,6 +190,7 @@ struct MethodRow {
   /// function above on the same input (test_export).
   const char* script;
   bool hessian = false;  ///< reads H A (MethodInputs::hvp): the backward pass records a graph
+  bool bias = false;     ///< reads MethodInputs::full: every bias layer's gradient and the input's
 };
 
 // The exported forms of the gradient methods, op for op the functions above.
@@ -224,6 +225,7 @@ const MethodRow kMethods[] = {
     {Method::smoothgradcam_pp, "smoothgradcam++", false, true, prepare_smooth_grad_cam_pp, smooth_grad_cam_pp_map,
      nullptr},
     {Method::shapleycam, "shapleycam", true, false, nullptr, shapley_cam, nullptr, /*hessian=*/true},
+    {Method::fullgrad, "fullgrad", false, false, nullptr, full_grad, nullptr, false, /*bias=*/true},
     {Method::cam, "cam", false, false, prepare_cam, cam_map, nullptr},
     {Method::rollout, "rollout", false, false, prepare_rollout, rollout_map, nullptr},
 };
@@ -257,6 +259,8 @@ Weighted eigen_smoothed(const Weighted& w, const at::Tensor& a) {
 bool is_perturbation(Method method) { return row(method).perturbation; }
 
 bool uses_hessian(Method method) { return row(method).hessian; }
+
+bool uses_bias_gradients(Method method) { return row(method).bias; }
 
 const char* method_script(Method method) { return row(method).script; }
 

@@ -102,6 +102,7 @@ struct MethodInputs {
   const Prepared& prepared;    ///< this method's preparation of this activation
   int64_t rank;                ///< the target rank
   const at::Tensor& hvp;       ///< H A: the Hessian of y with respect to A times A (uses_hessian), else undefined
+  const at::Tensor& full;      ///< FullGrad: the rank's map [N,1,H,W] at the input's resolution, else undefined
 };
 
 /// [N,K] weights broadcast against A [N,K,...] and summed over K: [N,1,...].
@@ -133,6 +134,28 @@ Weighted cam_map(const MethodInputs& in);
 Prepared prepare_rollout(const PrepareInputs& in);
 Weighted rollout_map(const MethodInputs& in);
 
+/// FullGrad (fullgrad.cpp): a layer that adds a bias to every position of its output.
+struct BiasLayer {
+  std::string path;
+  at::Tensor bias;  ///< [K]: Conv2d's bias; BatchNorm2d's in eval mode, b - mean * w / sqrt(var + eps)
+};
+
+/// Every torch.nn Conv2d with a bias and BatchNorm2d with one in `module`, in named_modules order
+/// (pytorch-grad-cam's choice); throws gradcam::Error when there is none (a frozen model).
+std::vector<BiasLayer> find_bias_layers(const torch::jit::Module& module);
+
+/// One call of a bias layer: its bias [K] and the gradient of the score at its output [N,K,h,w].
+struct BiasGradient {
+  const at::Tensor& bias;
+  at::Tensor g;
+};
+
+/// FullGrad's map [N,1,H,W] of one rank: psi(|x * dy/dx|) + sum over the bias layers' calls of
+/// psi(|b * dy/dz|), psi scaling each sample's channel to [0, 1] and upsampling it bilinearly to
+/// the input's H x W, then summing over channels. Not normalised.
+at::Tensor fullgrad_map(const at::Tensor& input, const at::Tensor& input_grad, const std::vector<BiasGradient>& terms);
+Weighted full_grad(const MethodInputs& in);  ///< MethodInputs::full, as the engine made it
+
 /// The method's work shared by every rank (nothing for the gradient methods).
 Prepared prepare_method(Method method, const PrepareInputs& in);
 
@@ -150,6 +173,10 @@ const char* method_script(Method method);
 
 /// ShapleyCAM: its backward pass records a graph, for the Hessian-vector product H A.
 bool uses_hessian(Method method);
+
+/// FullGrad: the engine captures every bias layer (find_bias_layers) and takes, per rank, the
+/// gradient at their outputs and at the input (MethodInputs::full).
+bool uses_bias_gradients(Method method);
 
 /// Score-CAM, its variants, Ablation-CAM and SmoothGrad-CAM++: weights from extra forward passes of
 /// perturbed inputs, so they explain class targets only.

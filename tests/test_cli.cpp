@@ -348,6 +348,9 @@ TEST_CASE("explain: CAM methods and fused layers", "[cli][methods]") {
   same_maps("--method smoothgradcam++ sscam shapleycam --samples 3", "sg",
             gradcam::GradCAMOptions("block3").methods({Method::smoothgradcam_pp, Method::sscam, Method::shapleycam}).samples(3),
             gradcam::Target::classes({3}));
+  // FullGrad: a map at the input's resolution, written as the others are
+  same_maps("--method fullgrad gradcam", "fg", gradcam::GradCAMOptions("block3").methods({Method::fullgrad, Method::gradcam}),
+            gradcam::Target::classes({3}));
   // --finer: the Finer-CAM target of the class given
   same_maps("--finer 2 --finer-alpha 0.5", "finer", gradcam::GradCAMOptions("block3"), gradcam::targets::finer({3}, 2, 0.5));
   r = run(cli() + " explain --model " + demo("digits.pt") + " --image " + img + " --finer 2 --class 3 4 --out " + dir);

@@ -58,7 +58,9 @@ TEST_CASE("the methods equal the PyTorch reference on resnet18 (float64)", "[met
   const std::vector<Method> methods = {Method::gradcam, Method::gradcam_pp, Method::xgradcam, Method::hirescam,
                                        Method::layercam, Method::eigencam, Method::eigengradcam, Method::kpcacam,
                                        Method::gradcam_elementwise, Method::smoothgradcam_pp, Method::shapleycam,
-                                       Method::cam};
+                                       Method::fullgrad, Method::cam};
+  // FullGrad here is its input term only: a fresh resnet18's batch norms add a zero bias (mean 0,
+  // bias 0) and its convolutions have none; the toy model's case below has bias terms
   gradcam::GradCAM cam(module, gradcam::GradCAMOptions("layer4").methods(methods));
   const auto r = cam.compute(x, gradcam::Target::classes({3, 517}));
   CHECK(test::rel_err(r.logits, ref.get("logits__b2")) < kTol64);
@@ -219,6 +221,45 @@ TEST_CASE("SmoothGrad-CAM++: without noise it is Grad-CAM++, every rank has its 
                     "counterfactual maps come from negated gradients; method 'smoothgradcam++' does not use gradients "
                     "(use gradcam, gradcam++, xgradcam, hirescam or layercam)");
   CHECK(gradcam::method_from_name("SmoothGradCAMpp") == smooth);
+}
+
+TEST_CASE("FullGrad: every bias layer's gradient and the input's, scripted and traced, any named layer, every rank "
+          "(float64)", "[methods]") {
+  const test::Ref ref("methods_toy");
+  const at::Tensor x = ref.get("input").to(at::kDouble);
+  const at::Tensor want = ref.get(test::key("fullgrad", "stem", 3, 0));
+  REQUIRE(want.abs().max().item<double>() > 0);
+  auto scripted = test::model("methods_toy");
+  auto traced = test::model("methods_toy_traced");
+  scripted.to(at::kDouble);
+  traced.to(at::kDouble);  // a traced batch norm keeps eps in its graph only: its bias is read by running it
+  // the named layer does not change the map: a plain one, a bias layer itself (one capture for both)
+  for (const char* layer : {"stem", "block.bn", "block.conv"}) {
+    INFO(layer);
+    for (auto* module : {&scripted, &traced}) {
+      gradcam::GradCAM cam(*module, gradcam::GradCAMOptions(layer).methods({Method::fullgrad, Method::gradcam}));
+      const auto r = cam.compute(x, gradcam::Target::classes({0, 3, 4}));
+      CHECK(test::rel_err(r.get(layer, 0, 0, Method::fullgrad).map, want) < kTol64);
+      if (std::string(layer) == "stem") {  // the input's gradient taken for FullGrad leaves Grad-CAM as it is
+        CHECK(test::rel_err(r.get("stem", 0, 0, Method::gradcam).map, ref.get(test::key("gradcam", "stem", 3, 0))) <
+              kTol64);
+      }
+    }
+  }
+  // each rank has its own backward pass: rank 1 of top-2 is each image's second class
+  gradcam::GradCAM cam(scripted, gradcam::GradCAMOptions("stem").methods({Method::fullgrad}));
+  const auto top2 = cam.compute(x, gradcam::Target::topk(2));
+  CHECK(at::equal(top2.classes.select(1, 1), ref.get("second_classes").to(at::kLong)));
+  CHECK(test::rel_err(top2.get("stem", 1, 0, Method::fullgrad).map, ref.get("fullgrad_rank1")) < kTol64);
+  CHECK_THROWS_WITH(gradcam::GradCAM(scripted, gradcam::GradCAMOptions("stem").methods({Method::fullgrad})
+                                                   .counterfactual(true)),
+                    "counterfactual maps come from negated gradients; method 'fullgrad' sums absolute values "
+                    "(|x dy/dx| and |b dy/db|), which negated gradients leave unchanged: it has no counterfactual "
+                    "form");
+  auto frozen = test::model("resnet18_frozen");
+  CHECK_THROWS_WITH(gradcam::GradCAM(frozen, gradcam::GradCAMOptions("%input.5").methods({Method::fullgrad})),
+                    "FullGrad needs the layers that add a bias (torch.nn.Conv2d with a bias, BatchNorm2d), and this "
+                    "model has none (it has no submodules: a frozen model has them folded away)");
 }
 
 TEST_CASE("aug_smooth: the mean of the flipped and scaled copies' maps, each explaining the image's class (float64)",

@@ -69,6 +69,9 @@ std::vector<Method> methods() {
             all.end());
   // ShapleyCAM: its own case below (LibTorch 2.x has no second derivative of its fused attention)
   all.erase(std::remove(all.begin(), all.end(), Method::shapleycam), all.end());
+  // FullGrad reads no layer, only the model's bias layers (a patch embedding's Conv2d here) and the
+  // input: test_methods' case covers it
+  all.erase(std::remove(all.begin(), all.end(), Method::fullgrad), all.end());
   return all;
 }
 

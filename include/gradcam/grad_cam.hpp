@@ -72,6 +72,11 @@ enum class Method {
                      ///< the clean input's; S forward and S x ranks backward passes more
   shapleycam,   ///< ShapleyCAM (Cai 2025): alpha_k = mean_ij (g - H A / 2)_kij, H the Hessian of y
                 ///< with respect to A (H A by double backward); Grad-CAM where y is piecewise linear in A
+  fullgrad,     ///< FullGrad (Srinivas 2019): psi(|x * dy/dx|) + sum over every layer with a bias (torch.nn
+                ///< Conv2d, BatchNorm2d) and call of psi(|b * dy/dz|), psi = per-channel min-max scaling,
+                ///< bilinear upsampling to the input, sum over channels; the map is at the input's
+                ///< resolution and does not depend on the named layer (the same under each). One backward
+                ///< pass per rank to every bias layer and the input, which requires grad
   cam,          ///< CAM (Zhou 2016): ReLU(sum_k W_ck A_k), W the linear layer after global pooling
   rollout,      ///< Attention rollout (Abnar & Zuidema 2020), transformers with nn.MultiheadAttention:
                 ///< R = prod_l (A_l + I) / 2 over the model's self-attention calls (A_l averaged over
@@ -81,7 +86,7 @@ enum class Method {
 
 /// "gradcam", "gradcam++", "xgradcam", "hirescam", "layercam", "scorecam", "ablationcam",
 /// "eigencam", "eigengradcam", "kpcacam", "gradcamelementwise", "randomcam", "sscam", "iscam",
-/// "smoothgradcam++", "shapleycam", "cam", "rollout".
+/// "smoothgradcam++", "shapleycam", "fullgrad", "cam", "rollout".
 const char* method_name(Method method);
 /// The method with that name (case-insensitive, also "gradcampp" and "smoothgradcampp"); throws
 /// gradcam::Error listing the names.

@@ -437,7 +437,7 @@ Subcommand add_explain(CLI::App* explain) {
       ->check(real_number(0, 1e6))->capture_default_str();
   std::vector<std::string> explain_methods = cam_method_names();
   for (const char* m : {"counterfactual", "guided", "deconvnet", "guided-gradcam", "deconvnet-gradcam"}) explain_methods.emplace_back(m);
-  explain->add_option("--method", ex->methods, "gradcam, gradcam++, xgradcam, hirescam, layercam, scorecam, ablationcam, eigencam, eigengradcam, kpcacam, gradcamelementwise, randomcam, sscam, iscam, smoothgradcam++, shapleycam, cam, rollout, counterfactual, guided, deconvnet, guided-gradcam, deconvnet-gradcam (several allowed)")
+  explain->add_option("--method", ex->methods, "gradcam, gradcam++, xgradcam, hirescam, layercam, scorecam, ablationcam, eigencam, eigengradcam, kpcacam, gradcamelementwise, randomcam, sscam, iscam, smoothgradcam++, shapleycam, fullgrad, cam, rollout, counterfactual, guided, deconvnet, guided-gradcam, deconvnet-gradcam (several allowed)")
       ->expected(1, -1)
       ->check(CLI::IsMember(explain_methods))
       ->capture_default_str();
