@@ -189,14 +189,18 @@ TEST_CASE("export: bad input gets the error that names it", "[export]") {
   CHECK(std::distance(fs::directory_iterator(dir), fs::directory_iterator()) == 0);  // nothing written
 
   // Ctrl-C once the process catches it: exit 130, and either nothing or the whole checked file,
-  // never a partial one
+  // never a partial one. The signal is sent once the poll (every 0.1 s) sees the handler; on a busy
+  // machine that can be after the run has returned, when the process, a background job of the
+  // test's shell, ignores SIGINT again and exits 0 with its summary printed: then the signal came
+  // too late to interrupt anything, and the file must still be whole.
   const auto ri = test::run_interrupted(cli() + " export --model " + test::fixtures() + "/resnet18_script.pt --layer "
                                         "layer4 --out " + dir + "/r.pt", test::catches_sigint());
   INFO(ri.out);
-  CHECK(ri.code == 130);
+  const bool too_late = ri.code == 0 && ri.out.find("exported gradcam of layer 'layer4'") != std::string::npos;
+  CHECK((ri.code == 130 || too_late));
   for (const auto& e : fs::directory_iterator(dir)) {
     CHECK(e.path().filename() == "r.pt");
-    CHECK_THAT(ri.out, test::Contains("interrupted after the export had finished"));
+    if (!too_late) CHECK_THAT(ri.out, test::Contains("interrupted after the export had finished"));
     CHECK(torch::jit::load(e.path().string()).run_method("explained").toGenericDict().at("layer").toStringRef() == "layer4");
   }
   if (fs::exists(dir + "/r.pt")) return;

@@ -53,10 +53,9 @@ int run_export(const ExportArgs& a) {
     return 130;
   }
   gradcam::export_explainer(module, options, a.out);
-  if (g_interrupted) {
-    say() << "interrupted after the export had finished: " << a.out << " is written and checked\n";
-    return 130;
-  }
+  // checked last, after the summary below: a Ctrl-C caught at any time while the guard lives exits
+  // 130 (one after the return finds SIGINT as the process had it: its default, or ignored in a
+  // background job of a script)
   const auto info = torch::jit::load(a.out).run_method("explained").toGenericDict();
   std::printf("exported %s of layer '%s' for the top %d class(es), maps %s; checked against GradCAM on a random "
               "%dx%d input after loading it back; wrote %s\n",
@@ -64,6 +63,10 @@ int run_export(const ExportArgs& a) {
               a.upsample ? "upsampled to the input" : "at the layer's resolution", h, w, a.out.c_str());
   std::printf("forward(x [N, C, H, W]) returns (scores [N, classes], maps [N, %d, %s], classes [N, %d] int64)\n",
               a.topk, a.upsample ? "H, W" : "h, w", a.topk);
+  if (g_interrupted) {
+    say() << "interrupted after the export had finished: " << a.out << " is written and checked\n";
+    return 130;
+  }
   return 0;
 }
 
