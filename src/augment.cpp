@@ -3,9 +3,13 @@
 // The copies go through the model in one pass (Engine::compute_copies, which reads class targets
 // on the unaugmented copy); each copy's map is flipped back where the copy was flipped, and the
 // maps averaged. Flipping the map at the layer's resolution equals flipping it after upsampling:
-// bilinear upsampling (align_corners false) is symmetric.
+// bilinear upsampling (align_corners false) is symmetric. With aug_scales, the input resized by each
+// factor makes one more pass of six copies, explaining the classes read at the input's own size;
+// its maps are resized to the first pass's and averaged with them.
 #include <ATen/ATen.h>
 
+#include <algorithm>
+#include <cmath>
 #include <iterator>
 #include <memory>
 
@@ -13,6 +17,7 @@
 
 #include "engine.hpp"
 #include "outputs.hpp"
+#include "util.hpp"
 
 namespace gradcam::detail {
 
@@ -47,18 +52,65 @@ at::Tensor first_copy(const at::Tensor& t, int64_t n) {
 
 }  // namespace
 
+namespace {
+
+/// The six copies of `input` in one pass (Engine::compute_copies), each copy's maps flipped back
+/// and the six averaged; the rest of the result is the whole pass's.
+GradCAMResult six_copies(const Engine& engine, const at::Tensor& input, const Target& target,
+                         const at::Tensor& classes) {
+  const int64_t n = input.size(0);
+  std::vector<at::Tensor> parts;
+  for (const Copy& c : kCopies) parts.push_back((c.flip ? flipped(input) : input) * c.factor);
+  GradCAMResult r = engine.compute_copies(at::cat(parts, 0), target, kCount, classes);
+  for (LayerMap& m : r.maps) {
+    m.map = mean_of_copies(m.map, n);
+    if (m.map_signed.defined()) m.map_signed = mean_of_copies(m.map_signed, n);
+  }
+  return r;
+}
+
+/// map [N,1,h',w'] resized bilinearly to like's h x w.
+at::Tensor resized_like(const at::Tensor& map, const at::Tensor& like) {
+  if (map.sizes() == like.sizes()) return map;
+  return at::upsample_bilinear2d(map, {like.size(2), like.size(3)}, /*align_corners=*/false);
+}
+
+/// GradCAMOptions::aug_scales: the six copies of the input resized by each factor, one pass per
+/// factor explaining `classes`; their maps resized to r's and added to r's. Returns the number of
+/// sizes summed, r's own included.
+int64_t add_scaled(const Engine& engine, const at::Tensor& input, const Target& target, const at::Tensor& classes,
+                   GradCAMResult& r) {
+  int64_t sizes = 1;
+  for (double f : engine.options.aug_scales()) {
+    if (f == 1.0) continue;
+    const int64_t h = std::max<int64_t>(1, std::lround(f * static_cast<double>(input.size(2))));
+    const int64_t w = std::max<int64_t>(1, std::lround(f * static_cast<double>(input.size(3))));
+    GradCAMResult s;
+    try {
+      s = six_copies(engine, at::upsample_bilinear2d(input, {h, w}, /*align_corners=*/false), target, classes);
+    } catch (const Error& e) {
+      fail(concat("aug_smooth at scale ", f, " (the input resized to ", h, "x", w, "): ", e.what()));
+    }
+    for (size_t i = 0; i < r.maps.size(); ++i) {
+      LayerMap& m = r.maps[i];
+      m.map = m.map + resized_like(s.maps[i].map, m.map);
+      if (m.map_signed.defined()) m.map_signed = m.map_signed + resized_like(s.maps[i].map_signed, m.map_signed);
+    }
+    ++sizes;
+  }
+  return sizes;
+}
+
+}  // namespace
+
 GradCAMResult aug_smoothed(const Engine& engine, const at::Tensor& input, const Target& target) {
   check_input(*engine.forward, input);
   GRADCAM_CHECK(target.kind() == Target::Kind::top_k || target.kind() == Target::Kind::classes,
                 "aug_smooth explains class targets (top-k or classes): a Target::score or Target::ranked function "
                 "may read places in the image (boxes, masks), which the flipped copies move");
   const int64_t n = input.size(0);
-  std::vector<at::Tensor> parts;
-  for (const Copy& c : kCopies) parts.push_back((c.flip ? flipped(input) : input) * c.factor);
-  GradCAMResult r = engine.compute_copies(at::cat(parts, 0), target, kCount);
+  GradCAMResult r = six_copies(engine, input, target, {});
   for (LayerMap& m : r.maps) {
-    m.map = mean_of_copies(m.map, n);
-    if (m.map_signed.defined()) m.map_signed = mean_of_copies(m.map_signed, n);
     m.weights = first_copy(m.weights, n);
     m.activations = first_copy(m.activations, n);
     m.gradients = first_copy(m.gradients, n);
@@ -68,6 +120,12 @@ GradCAMResult aug_smoothed(const Engine& engine, const at::Tensor& input, const 
   r.logits = first_copy(r.logits, n);
   r.output = std::make_shared<const c10::IValue>(
       map_tensors(*r.output, [n](const at::Tensor& t) { return first_copy(t, n); }));
+  const int64_t sizes = add_scaled(engine, input, target, r.classes, r);
+  for (LayerMap& m : r.maps) {
+    if (sizes == 1) break;
+    m.map = m.map / static_cast<double>(sizes);
+    if (m.map_signed.defined()) m.map_signed = m.map_signed / static_cast<double>(sizes);
+  }
   return r;
 }
 

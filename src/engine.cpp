@@ -59,6 +59,11 @@ Engine::Engine(const torch::jit::Module& m, GradCAMOptions opts) : options(std::
   GRADCAM_CHECK(!options.aug_smooth() || options.guided() == GuidedMode::none,
                 "aug_smooth averages CAM maps over flipped copies of the input; guided gradients are not averaged "
                 "that way: compute them without aug_smooth");
+  GRADCAM_CHECK(options.aug_scales().empty() || options.aug_smooth(), "aug_scales adds input sizes to aug_smooth; "
+                "set aug_smooth too");
+  for (double f : options.aug_scales()) {
+    GRADCAM_CHECK(std::isfinite(f) && f > 0 && f <= 4, "aug_scales: each factor must be in (0, 4], got ", f);
+  }
   GRADCAM_CHECK(!options.noise_std() || (std::isfinite(*options.noise_std()) && *options.noise_std() >= 0),
                 "noise_std must be a finite number >= 0, got ", options.noise_std().value_or(0));
   for (size_t i = 0; i < options.methods().size(); ++i) {
@@ -371,7 +376,8 @@ GradCAMResult Engine::compute(const at::Tensor& input, const Target& target) con
   return options.aug_smooth() ? aug_smoothed(*this, input, target) : compute_copies(input, target, 1);
 }
 
-GradCAMResult Engine::compute_copies(const at::Tensor& input, const Target& target, int64_t copies) const {
+GradCAMResult Engine::compute_copies(const at::Tensor& input, const Target& target, int64_t copies,
+                                     const at::Tensor& classes) const {
   const Engine& impl = *this;
   check_input(*impl.forward, input);
   Call c(impl);
@@ -397,7 +403,7 @@ GradCAMResult Engine::compute_copies(const at::Tensor& input, const Target& targ
   if (guided != GuidedMode::none || c.fullgrad) c.input.requires_grad_(true);
 
   const c10::IValue out = run_forward(c);
-  c.scores = resolve_target(target, out, c.input.size(0), copies);
+  c.scores = resolve_target(target, out, c.input.size(0), copies, classes);
   collect(c);
   GradCAMResult result = new_result(c, out);
   prepare(c);

@@ -30,7 +30,10 @@ struct Engine {
   /// One pass over `input`, `copies` blocks of input.size(0) / copies images: block 0 the images
   /// themselves, the others augmented copies of them. Class targets are read on block 0 and
   /// explain the same class in every block.
-  GradCAMResult compute_copies(const at::Tensor& input, const Target& target, int64_t copies) const;
+  /// `classes` [input.size(0) / copies, R], when defined, are explained instead of the classes a
+  /// class target would read (aug_smooth's other input sizes).
+  GradCAMResult compute_copies(const at::Tensor& input, const Target& target, int64_t copies,
+                               const at::Tensor& classes = {}) const;
 
   GradCAMOptions options;
   torch::jit::Module module;        ///< the caller's, or a private copy on options.device()

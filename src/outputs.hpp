@@ -45,6 +45,9 @@ struct Scores {
 /// targets are read on the first block (the images themselves) and explain the same classes in
 /// every block (Engine::compute_copies, aug_smooth). Throws gradcam::Error for a class out of
 /// range, a wrong count of classes, or a function returning the wrong shape.
-Scores resolve_target(const Target& target, const c10::IValue& out, int64_t n, int64_t copies);
+/// `classes` [n / copies, R], when defined, replaces the classes a class target would read
+/// (aug_smooth's other input sizes explain the classes read at the input's own).
+Scores resolve_target(const Target& target, const c10::IValue& out, int64_t n, int64_t copies,
+                      const at::Tensor& classes = {});
 
 }  // namespace gradcam::detail

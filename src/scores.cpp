@@ -32,7 +32,8 @@ Scores ranked_scores(const Target& target, const c10::IValue& out, int64_t n) {
 
 }  // namespace
 
-Scores resolve_target(const Target& target, const c10::IValue& out, int64_t n, int64_t copies) {
+Scores resolve_target(const Target& target, const c10::IValue& out, int64_t n, int64_t copies,
+                      const at::Tensor& classes) {
   Scores s;
   if (target.kind() == Target::Kind::ranked) return ranked_scores(target, out, n);
   if (target.kind() == Target::Kind::score) {
@@ -51,7 +52,9 @@ Scores resolve_target(const Target& target, const c10::IValue& out, int64_t n, i
   const int64_t num_classes = logits.size(1);
   const int64_t own = n / copies;  // the images explained: the first block
   at::Tensor idx;
-  if (target.kind() == Target::Kind::top_k) {
+  if (classes.defined()) {
+    idx = classes.to(logits.device());
+  } else if (target.kind() == Target::Kind::top_k) {
     GRADCAM_CHECK(target.k() <= num_classes, "top-", target.k(), " requested but the model has ",
                   num_classes, " classes");
     idx = std::get<1>(logits.detach().narrow(0, 0, own).topk(target.k(), 1));

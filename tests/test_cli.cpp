@@ -340,6 +340,10 @@ TEST_CASE("explain: CAM methods and fused layers", "[cli][methods]") {
   same_maps("--method gradcam++ scorecam --aug-smooth", "aug",
             gradcam::GradCAMOptions("block3").methods({Method::gradcam_pp, Method::scorecam}).aug_smooth(true),
             gradcam::Target::classes({3}));
+  // --aug-scales: the copies at 48x48 too
+  same_maps("--method gradcam --aug-smooth --aug-scales 0.75", "augs",
+            gradcam::GradCAMOptions("block3").methods({Method::gradcam}).aug_smooth(true).aug_scales({0.75}),
+            gradcam::Target::classes({3}));
   // SS-CAM and IS-CAM with --samples and --noise-std
   same_maps("--method sscam iscam --samples 2 --noise-std 0.5", "ss",
             gradcam::GradCAMOptions("block3").methods({Method::sscam, Method::iscam}).samples(2).noise_std(0.5),
@@ -360,6 +364,9 @@ TEST_CASE("explain: CAM methods and fused layers", "[cli][methods]") {
   CHECK(r.code != 0);
   CHECK_THAT(r.out, Contains("--aug-smooth averages CAM maps over flipped copies of the input; guided gradients are not "
                              "averaged that way: give the guided methods without --aug-smooth"));
+  r = run(cli() + " explain --model " + demo("digits.pt") + " --image " + img + " --aug-scales 0.75 --out " + dir);
+  CHECK(r.code != 0);
+  CHECK_THAT(r.out, Contains("--aug-scales adds input sizes to --aug-smooth; give --aug-smooth too"));
   r = run(cli() + " explain --model " + demo("digits.pt") + " --image " + img + " --method sscam --samples -1 --out " + dir);
   CHECK(r.code != 0);
   CHECK_THAT(r.out, Contains("--samples"));
@@ -992,11 +999,12 @@ TEST_CASE("shards: eval-loc as 3 shards plus merge is the whole run's report; ex
 
 TEST_CASE("shards: eval-faith and diagnose as 3 shards plus merge are the whole run's report", "[cli][shard]") {
   const std::string dir = tmpdir("shards_faith");
-  // eval-faith on 30 of the demo's 300 test images, diagnose on all (5 mistakes); in quick mode
+  // eval-faith on 12 of the demo's 300 test images (4 per shard, one batch each: 30 made this case
+  // 4 minutes of CI, most of it ROAD's imputations), diagnose on all (5 mistakes); in quick mode
   // (the sanitizer leg, where every image costs seconds) 6 and 60 (1 mistake). Not 3: with one
   // image per shard a forward batch of one sample runs LibTorch's N = 1 kernels, whose float32
   // results differ from a larger batch's by about 1e-6 (measured; see docs/scale.md's limits)
-  const int images = test::quick() ? 6 : 30;
+  const int images = test::quick() ? 6 : 12;
   const int diagnosed = test::quick() ? 60 : 300;
   for (const auto& [name, count] : {std::pair<std::string, int>{"ann.csv", images}, {"diag.csv", diagnosed}}) {
     std::ifstream in(demo("test/annotations.csv"));

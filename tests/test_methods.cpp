@@ -309,6 +309,31 @@ TEST_CASE("aug_smooth: the mean of the flipped and scaled copies' maps, each exp
                     "got 2 class indices for a batch of 3; give one per sample or one for all");
 }
 
+TEST_CASE("aug_scales: the six copies at more input sizes, maps resized to the input's own and averaged, explaining "
+          "the classes read at the input's own size (float64)", "[methods]") {
+  const std::vector<Method> methods = {Method::gradcam, Method::gradcam_pp, Method::xgradcam, Method::hirescam,
+                                       Method::layercam, Method::gradcam_elementwise};
+  const test::Ref ref("methods_toy");
+  auto module = test::model("methods_toy");
+  module.to(at::kDouble);
+  const at::Tensor x = ref.get("input").to(at::kDouble);
+  // 16x16 input: 12x12 and 21x21 more; 1 adds nothing
+  const auto opts = gradcam::GradCAMOptions("block").methods(methods).aug_smooth(true).aug_scales({0.75, 1.0, 1.3});
+  const auto r = gradcam::GradCAM(module, opts).compute(x, gradcam::Target::classes({0, 3, 4}));
+  check_methods(r, ref, methods, "block", 3, kTol64, "+aug3");
+  CHECK(test::rel_err(r.get("block").map, ref.get(test::key("gradcam+aug", "block", 3, 0))) > 1e-3);  // sizes count
+  // the other sizes explain the classes of the image itself: top-2's second rank is those classes
+  const auto top = gradcam::GradCAM(module, opts).compute(x, gradcam::Target::topk(2));
+  const at::Tensor c1 = top.classes.select(1, 1).contiguous();
+  const auto second = gradcam::GradCAM(module, opts).compute(
+      x, gradcam::Target::classes(std::vector<int64_t>(c1.data_ptr<int64_t>(), c1.data_ptr<int64_t>() + 3)));
+  CHECK(test::rel_err(top.get("block", 1).map, second.get("block").map) < 1e-12);
+  CHECK_THROWS_WITH(gradcam::GradCAM(module, gradcam::GradCAMOptions("block").aug_scales({0.75})),
+                    "aug_scales adds input sizes to aug_smooth; set aug_smooth too");
+  CHECK_THROWS_WITH(gradcam::GradCAM(module, gradcam::GradCAMOptions(opts).aug_scales({0.5, 0})),
+                    "aug_scales: each factor must be in (0, 4], got 0");
+}
+
 TEST_CASE("Deep Feature Factorization equals the reference's NMF on resnet18's layer4, and converges where an exact "
           "factorisation exists", "[methods]") {
   const test::Ref ref("methods_resnet18");

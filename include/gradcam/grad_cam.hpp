@@ -221,6 +221,13 @@ class GradCAMOptions {
   /// gradients when kept; map_signed is the mean of the copies' signed maps. Six times the
   /// memory of one pass. Default false.
   GRADCAM_ARG(bool, aug_smooth) = false;
+  /// aug_smooth: more input sizes, as factors of H and W (0.75: round(0.75 H) x round(0.75 W)),
+  /// each a pass of its own over its six copies, the input resized bilinearly (align_corners false).
+  /// Each copy explains the classes read at the input's own size, and its map is resized bilinearly
+  /// to the map size of that pass before the mean over every copy of every size. A factor of 1
+  /// adds nothing (the input's own size is always explained). Each factor in (0, 4], the size it
+  /// gives at least 1. Default {}: pytorch-grad-cam's aug_smooth, one size.
+  GRADCAM_ARG(std::vector<double>, aug_scales) = std::vector<double>{};
   /// Also compute guided (or deconvnet) gradients with respect to the input and the Guided
   /// Grad-CAM maps, from the same forward pass. Default GuidedMode::none.
   GRADCAM_ARG(GuidedMode, guided) = GuidedMode::none;

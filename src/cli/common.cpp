@@ -55,7 +55,8 @@ gradcam::GradCAMOptions cam_options(const Common& c, std::vector<std::string> la
   const bool own = c.crop == 0 && c.resize == 0 && own_hw.size() == 2;
   auto options = gradcam::GradCAMOptions(std::move(layers)).token_layout(t)
       .probe_shape({1, -1, own ? own_hw[0] : side, own ? own_hw[1] : side})
-      .attention_heads(c.attention_heads).eigen_smooth(c.eigen_smooth).aug_smooth(c.aug_smooth).samples(c.samples);
+      .attention_heads(c.attention_heads).eigen_smooth(c.eigen_smooth).aug_smooth(c.aug_smooth).aug_scales(c.aug_scales)
+      .samples(c.samples);
   if (c.noise_std >= 0) options.noise_std(c.noise_std);
   return options;
 }
@@ -65,6 +66,9 @@ void add_cam_smoothing(CLI::App* app, Common& c) {
                 "terms instead of their sum (pytorch-grad-cam's eigen_smooth; not EigenCAM, EigenGradCAM, KPCA-CAM, rollout)");
   app->add_flag("--aug-smooth", c.aug_smooth, "each CAM map as the mean of the maps of 6 copies of the image (flipped "
                 "left-right or not, times 0.9, 1 and 1.1), mapped back (pytorch-grad-cam's aug_smooth; 6 times the memory)");
+  app->add_option("--aug-scales", c.aug_scales, "--aug-smooth: more input sizes, as factors of the image's (0.75 1.25), "
+                  "each a pass of 6 copies whose maps are resized to the image's own and averaged with them")
+      ->check(CLI::Range(0.01, 4.0));
   app->add_option("--samples", c.samples, "sscam / iscam: noise draws or integration steps per channel; smoothgradcam++: "
                   "noisy copies of the input (0: 35 for sscam, 10 for iscam, 4 for smoothgradcam++)")
       ->check(CLI::Range(int64_t{0}, int64_t{100000}))->capture_default_str();

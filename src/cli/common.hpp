@@ -97,6 +97,7 @@ struct Common {
   std::string shard;  ///< --shard I/N (shard.hpp), on the subcommands that take it; empty: all images
   bool eigen_smooth = false;  ///< --eigen-smooth, on the subcommands that take it (add_cam_smoothing)
   bool aug_smooth = false;    ///< --aug-smooth (add_cam_smoothing)
+  std::vector<double> aug_scales;  ///< --aug-scales (add_cam_smoothing)
   int64_t samples = 0;        ///< --samples (add_cam_smoothing): noise draws or steps (0: the methods' defaults)
   double noise_std = -1;      ///< --noise-std (add_cam_smoothing); -1 (the flag refuses negatives): the methods' defaults
 };
@@ -241,6 +242,9 @@ inline std::string for_the_command(std::string message) {
        "places in the image (boxes, masks), which the flipped copies move",
        "--aug-smooth explains class scores: a detector's boxes do not flip with the image"},
       {"aug_smooth averages", "--aug-smooth averages"},
+      {"aug_scales adds input sizes to aug_smooth; set aug_smooth too", "--aug-scales adds input sizes to --aug-smooth; "
+       "give --aug-smooth too"},
+      {"aug_smooth at scale ", "--aug-smooth at scale "},
   };
   for (const auto& [library, command] : advice) {
     const auto at = message.find(library);

@@ -309,6 +309,7 @@ json run_report(const FaithRun& run, double wall) {
   if (run.shard.on()) p.settings["shard"] = run.shard.str();
   if (a.common.eigen_smooth) p.settings["eigen_smooth"] = true;
   if (a.common.aug_smooth) p.settings["aug_smooth"] = true;
+  if (!a.common.aug_scales.empty()) p.settings["aug_scales"] = a.common.aug_scales;
   if (std::find(a.metrics.begin(), a.metrics.end(), "pointing") != a.metrics.end()) p.settings["tolerance"] = a.tolerance;
   for (const auto& m : a.methods) {
     if (m == "sscam" || m == "iscam" || m == "smoothgradcam++") {
