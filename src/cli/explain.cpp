@@ -23,6 +23,7 @@
 #include "batches.hpp"
 #include "commands.hpp"
 #include "common.hpp"
+#include "explain.hpp"
 #include "explain_detection.hpp"
 #include "shard.hpp"
 
@@ -37,26 +38,6 @@ json box_json(const std::optional<gradcam::Box>& box, const gradcam::Geometry& g
   const gradcam::Box b = g.to_image(*box);
   return json::array({b.x0, b.y0, b.x1, b.y1});
 }
-
-struct ExplainArgs {
-  Common common;
-  std::vector<std::string> layers;
-  std::string fuse;
-  int perturbation_batch = 0;
-  std::vector<std::string> images;
-  std::string images_dir;
-  std::vector<int64_t> classes;
-  int topk = 0;
-  int finer = 0;             ///< --finer K: Finer-CAM's reference classes (0: off)
-  double finer_alpha = 1.0;  ///< --finer-alpha
-  std::vector<std::string> methods = {"gradcam"};
-  std::string colormap = "jet";
-  double alpha = 0.5;
-  std::string out = "gradcam_out";
-  bool json_lines = false;
-  double threshold = 0.15;
-  DetectionFlags detection;
-};
 
 /// OUT/records.jsonl of `explain`: appended, so that an earlier run's records (and the files they
 /// list) survive a later run into the same folder; each record names its run. Opened on the first
@@ -101,54 +82,6 @@ class BatchFailures {
   std::string last_;
   int repeats_ = 0;
 };
-
-/// The images to explain (--image, then --images' files), and a writable --out.
-std::vector<std::string> explain_inputs(const ExplainArgs& a) {
-  std::vector<std::string> images = a.images;
-  if (!a.images_dir.empty()) {
-    auto more = list_images(a.images_dir);
-    images.insert(images.end(), more.begin(), more.end());
-  }
-  GRADCAM_CHECK(!images.empty(), "no images given: use --image PATH or --images DIR");
-  // --shard: ranked by the path inside --images (--image files by the path as given)
-  images = take_shard(images, parse_shard(a.common.shard),
-                      [&](const std::string& path) { return shard_key(path, a.images_dir); });
-  std::error_code ec;
-  fs::create_directories(a.out, ec);
-  GRADCAM_CHECK(fs::is_directory(a.out), "cannot create output directory '", a.out, "'");
-  const std::string probe = (fs::path(a.out) / ".gradcam_write_test").string();
-  std::ofstream t(probe);
-  GRADCAM_CHECK(t.good(), "output directory '", a.out, "' is not writable");
-  t.close();
-  fs::remove(probe, ec);
-  return images;
-}
-
-bool wants(const ExplainArgs& a, const char* m1, const char* m2) {
-  return std::count(a.methods.begin(), a.methods.end(), m1) + std::count(a.methods.begin(), a.methods.end(), m2) > 0;
-}
-
-/// One explainer computes every CAM method (one forward pass); Grad-CAM is always computed: the
-/// guided methods, counterfactual maps and boxes of non-map methods use it.
-gradcam::GradCAMOptions explain_options(const ExplainArgs& a, const std::vector<int64_t>& own_hw) {
-  std::vector<gradcam::Method> cam_methods = {gradcam::Method::gradcam};
-  for (const auto& m : a.methods) {
-    if (is_cam_method(m) && m != "gradcam") cam_methods.push_back(gradcam::method_from_name(m));
-  }
-  const std::vector<std::string> layer_args = a.layers.empty() ? std::vector<std::string>{a.common.layer} : a.layers;
-  GRADCAM_CHECK(a.fuse.empty() || layer_args.size() > 1, "--fuse combines several layers; give two or more --layer");
-  gradcam::GradCAMOptions opts = cam_options(a.common, layer_args, own_hw);
-  opts.keep_signed(true).methods(cam_methods).perturbation_batch(command_perturbation_batch(a.perturbation_batch))
-      .guided(wants(a, "guided", "guided-gradcam") ? gradcam::GuidedMode::guided : gradcam::GuidedMode::none);
-  return opts;
-}
-
-/// --finer K: the Finer-CAM target of --class (one class) or of each image's top-1.
-gradcam::Target finer_target(const ExplainArgs& a) {
-  GRADCAM_CHECK(!a.detection.on(), "--finer contrasts class scores; it does not apply to --task detection");
-  GRADCAM_CHECK(a.classes.size() <= 1, "--finer explains one class: give one --class, or none for each image's top-1");
-  return gradcam::targets::finer(a.classes, a.finer, a.finer_alpha);
-}
 
 /// One `explain` run: its settings, explainers, outputs and counts.
 struct ExplainRun {
