@@ -288,6 +288,23 @@ TEST_CASE("guided backpropagation on a GELU transformer is its plain input gradi
   }
 }
 
+TEST_CASE("FullGrad on transformers: the patch embedding's bias term and the input's, scripted and traced (float64)",
+          "[transformers]") {
+  for (const auto& model : models()) {
+    const test::Ref ref(model.name);
+    const at::Tensor want = ref.get("fullgrad__b2");
+    REQUIRE(want.abs().max().item<double>() > 0);
+    for (const char* form : {"_script", "_trace"}) {
+      INFO(model.name << form);
+      auto module = test::model(model.name + form);
+      test::to_double(module);
+      gradcam::GradCAM cam(module, gradcam::GradCAMOptions(model.layers.front()).methods({Method::fullgrad}));
+      const auto r = cam.compute(ref.get("input").to(at::kDouble), gradcam::Target::classes({3, 7}));
+      CHECK(test::rel_err(r.get(model.layers.front(), 0, 0, Method::fullgrad).map, want) < kTol64);
+    }
+  }
+}
+
 TEST_CASE("attention rollout equals its reference, scripted, and traced with the heads stated", "[transformers]") {
   // make_transformer_refs.py: PyTorch's own attention weights (need_weights=True), rolled out
   for (const auto& model : models()) {
