@@ -47,6 +47,9 @@ void check_methods(const gradcam::GradCAMResult& r, const test::Ref& ref,
 
 const std::vector<Method> kGradientMethods = {Method::gradcam, Method::gradcam_pp, Method::xgradcam,
                                               Method::hirescam, Method::layercam};
+/// aug_smooth's references: the gradient methods with element-wise terms (aug_smooth_refs)
+const std::vector<Method> kAugMethods = {Method::gradcam,  Method::gradcam_pp, Method::xgradcam,
+                                         Method::hirescam, Method::layercam,   Method::gradcam_elementwise};
 
 }  // namespace
 
@@ -264,8 +267,7 @@ TEST_CASE("FullGrad: every bias layer's gradient and the input's, scripted and t
 
 TEST_CASE("aug_smooth: the mean of the flipped and scaled copies' maps, each explaining the image's class (float64)",
           "[methods]") {
-  const std::vector<Method> methods = {Method::gradcam, Method::gradcam_pp, Method::xgradcam, Method::hirescam,
-                                       Method::layercam, Method::gradcam_elementwise};
+  const std::vector<Method>& methods = kAugMethods;
   {
     const test::Ref ref("methods_resnet18");
     auto module = test::model("methods_resnet18");
@@ -311,8 +313,7 @@ TEST_CASE("aug_smooth: the mean of the flipped and scaled copies' maps, each exp
 
 TEST_CASE("aug_scales: the six copies at more input sizes, maps resized to the input's own and averaged, explaining "
           "the classes read at the input's own size (float64)", "[methods]") {
-  const std::vector<Method> methods = {Method::gradcam, Method::gradcam_pp, Method::xgradcam, Method::hirescam,
-                                       Method::layercam, Method::gradcam_elementwise};
+  const std::vector<Method>& methods = kAugMethods;
   const test::Ref ref("methods_toy");
   auto module = test::model("methods_toy");
   module.to(at::kDouble);
