@@ -48,7 +48,10 @@ c10::IValue detached(const c10::IValue& v) {
 
 }  // namespace
 
-Engine::Engine(const torch::jit::Module& m, GradCAMOptions opts) : options(std::move(opts)), module(m) {
+namespace {
+
+/// The options' own consistency, before anything is built (Engine's constructor).
+void check_options(const GradCAMOptions& options) {
   GRADCAM_CHECK(!options.layers().empty() || options.guided() != GuidedMode::none,
                 "GradCAMOptions names no layer");
   GRADCAM_CHECK(!options.methods().empty() || options.layers().empty(),
@@ -78,6 +81,12 @@ Engine::Engine(const torch::jit::Module& m, GradCAMOptions opts) : options(std::
       GRADCAM_CHECK(options.methods()[j] != m, "method '", method_name(m), "' is listed twice");
     }
   }
+}
+
+}  // namespace
+
+Engine::Engine(const torch::jit::Module& m, GradCAMOptions opts) : options(std::move(opts)), module(m) {
+  check_options(options);
   if (options.device()) {
     const c10::Device device = *options.device();
     GRADCAM_CHECK(!device.is_cuda() || at::hasCUDA(), "device '", device.str(),
