@@ -50,10 +50,6 @@ at::Tensor first_copy(const at::Tensor& t, int64_t n) {
   return t.defined() && t.dim() >= 1 && t.size(0) == n * kCount ? t.narrow(0, 0, n) : t;
 }
 
-}  // namespace
-
-namespace {
-
 /// The six copies of `input` in one pass (Engine::compute_copies), each copy's maps flipped back
 /// and the six averaged; the rest of the result is the whole pass's.
 GradCAMResult six_copies(const Engine& engine, const at::Tensor& input, const Target& target,
@@ -69,17 +65,10 @@ GradCAMResult six_copies(const Engine& engine, const at::Tensor& input, const Ta
   return r;
 }
 
-/// map [N,1,h',w'] resized bilinearly to like's h x w.
-at::Tensor resized_like(const at::Tensor& map, const at::Tensor& like) {
-  if (map.sizes() == like.sizes()) return map;
-  return at::upsample_bilinear2d(map, {like.size(2), like.size(3)}, /*align_corners=*/false);
-}
-
 /// GradCAMOptions::aug_scales: the six copies of the input resized by each factor, one pass per
-/// factor explaining `classes`; their maps resized to r's and added to r's. Returns the number of
-/// sizes summed, r's own included.
-int64_t add_scaled(const Engine& engine, const at::Tensor& input, const Target& target, const at::Tensor& classes,
-                   GradCAMResult& r) {
+/// factor explaining r's classes (the input's own), their maps resized to r's; r's maps become the
+/// mean over every size, r's own included.
+void average_sizes(const Engine& engine, const at::Tensor& input, const Target& target, GradCAMResult& r) {
   int64_t sizes = 1;
   for (double f : engine.options.aug_scales()) {
     if (f == 1.0) continue;
@@ -87,18 +76,24 @@ int64_t add_scaled(const Engine& engine, const at::Tensor& input, const Target& 
     const int64_t w = std::max<int64_t>(1, std::lround(f * static_cast<double>(input.size(3))));
     GradCAMResult s;
     try {
-      s = six_copies(engine, at::upsample_bilinear2d(input, {h, w}, /*align_corners=*/false), target, classes);
+      s = six_copies(engine, upsample(input, {h, w}), target, r.classes);
     } catch (const Error& e) {
       fail(concat("aug_smooth at scale ", f, " (the input resized to ", h, "x", w, "): ", e.what()));
     }
     for (size_t i = 0; i < r.maps.size(); ++i) {
       LayerMap& m = r.maps[i];
-      m.map = m.map + resized_like(s.maps[i].map, m.map);
-      if (m.map_signed.defined()) m.map_signed = m.map_signed + resized_like(s.maps[i].map_signed, m.map_signed);
+      m.map = m.map + upsample(s.maps[i].map, {m.map.size(2), m.map.size(3)});
+      if (m.map_signed.defined()) {
+        m.map_signed = m.map_signed + upsample(s.maps[i].map_signed, {m.map_signed.size(2), m.map_signed.size(3)});
+      }
     }
     ++sizes;
   }
-  return sizes;
+  if (sizes == 1) return;
+  for (LayerMap& m : r.maps) {
+    m.map = m.map / static_cast<double>(sizes);
+    if (m.map_signed.defined()) m.map_signed = m.map_signed / static_cast<double>(sizes);
+  }
 }
 
 }  // namespace
@@ -120,12 +115,7 @@ GradCAMResult aug_smoothed(const Engine& engine, const at::Tensor& input, const 
   r.logits = first_copy(r.logits, n);
   r.output = std::make_shared<const c10::IValue>(
       map_tensors(*r.output, [n](const at::Tensor& t) { return first_copy(t, n); }));
-  const int64_t sizes = add_scaled(engine, input, target, r.classes, r);
-  for (LayerMap& m : r.maps) {
-    if (sizes == 1) break;
-    m.map = m.map / static_cast<double>(sizes);
-    if (m.map_signed.defined()) m.map_signed = m.map_signed / static_cast<double>(sizes);
-  }
+  average_sizes(engine, input, target, r);
   return r;
 }
 

@@ -93,7 +93,7 @@ at::Tensor fullgrad_map(const at::Tensor& input, const at::Tensor& input_grad, c
     const at::Tensor b = t.bias.view({1, -1, 1, 1});
     // upsampling is linear: the channels' sum upsampled once equals the sum of each upsampled
     const at::Tensor sum = scaled((b * t.g).abs()).sum(1, /*keepdim=*/true);
-    map = map + at::upsample_bilinear2d(sum, size, /*align_corners=*/false);
+    map = map + upsample(sum, size);
   }
   return map;
 }
